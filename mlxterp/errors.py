@@ -1,0 +1,21 @@
+"""Exception types: every message says what was wrong and how to fix it."""
+
+
+class MlxterpError(Exception):
+    """Base class of mlxterp's errors."""
+
+
+class ModelLoadError(MlxterpError, ValueError):
+    """A model or tokenizer could not be loaded (missing, foreign or unsupported file)."""
+
+
+class TraceError(MlxterpError, ValueError):
+    """A trace was asked for something that does not exist or cannot be done."""
+
+
+class SAEError(MlxterpError, ValueError):
+    """An SAE, its config, its training data or its file is invalid."""
+
+
+class DataError(MlxterpError, ValueError):
+    """A dataset is empty, too short, or of a kind mlxterp cannot read."""
