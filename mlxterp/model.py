@@ -1,0 +1,237 @@
+"""InterpretableModel: an mlx-lm model with tracing, generation with edits, and SAE training."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from .anatomy import Anatomy, get_module, module_names, resolve_anatomy, unembed
+from .errors import TraceError
+from .tracing import Envoy, EnvoyList, Interventions, Port, Trace
+
+if TYPE_CHECKING:
+    from .generation import Generation
+
+
+class InterpretableModel:
+    """A language model whose activations can be saved and edited.
+
+    `spec` is a Hugging Face repo id or local mlx-lm folder, a `.gguf` file, an already loaded
+    `(model, tokenizer)` pair, or None / "default" for the embedded SmolLM2-135M-Instruct.
+
+    >>> model = InterpretableModel.default()
+    >>> with model.trace("The capital of France is") as trace:
+    ...     logits = model.output.save()
+    >>> trace.activations["model.layers.10"].shape  # (batch, seq, d_model)
+    """
+
+    def __init__(self, spec: Any = None, tokenizer: Any = None, name: str | None = None):
+        from .loading import load_model
+
+        loaded = load_model((spec, tokenizer) if tokenizer is not None else spec)
+        self.model: nn.Module = loaded.model
+        self.tokenizer = loaded.tokenizer
+        self.name: str = name or loaded.name
+        self.anatomy: Anatomy = resolve_anatomy(self.model)
+        self._interventions: Interventions | None = None
+
+    @classmethod
+    def default(cls) -> "InterpretableModel":
+        """The embedded default model: SmolLM2-135M-Instruct, offline."""
+        return cls("default")
+
+    # -- anatomy -------------------------------------------------------------------------
+    @property
+    def layers(self) -> EnvoyList:
+        """The transformer blocks, as Envoys: `model.layers[3].mlp.output.save()`."""
+        return EnvoyList(self, self.anatomy.layers_path, self.anatomy.n_layers)
+
+    @property
+    def output(self) -> Port:
+        """The model's output: `model.output.save()` inside a trace keeps the logits."""
+        return Port(self, "", "output")
+
+    @property
+    def n_layers(self) -> int:
+        return self.anatomy.n_layers
+
+    @property
+    def d_model(self) -> int:
+        return int(get_module(self.model, self.anatomy.norm_path).weight.shape[-1])
+
+    @property
+    def vocab_size(self) -> int:
+        return int(get_module(self.model, self.anatomy.embed_path).weight.shape[0])
+
+    @property
+    def final_norm(self) -> nn.Module:
+        return get_module(self.model, self.anatomy.norm_path)
+
+    @property
+    def embedding(self) -> nn.Module:
+        return get_module(self.model, self.anatomy.embed_path)
+
+    def module(self, path: str) -> Envoy:
+        """The Envoy of the module at `path` (e.g. "model.layers.3.mlp.gate_proj")."""
+        get_module(self.model, path)
+        return Envoy(self, path)
+
+    def module_names(self) -> list[str]:
+        """Every module path, as `trace.activations` and `model.module(...)` spell them."""
+        return module_names(self.model)
+
+    def activation_path(self, layer: int, component: str = "output") -> str:
+        """Module path of a friendly (layer, component): component is "mlp", "attn" or "output"."""
+        return self.anatomy.component_path(layer, component)
+
+    def standard_paths(self) -> list[str]:
+        """What a trace keeps when nothing is asked: every block's output, MLP and attention."""
+        return [
+            self.anatomy.component_path(i, c)
+            for i in range(self.n_layers)
+            for c in ("output", "mlp", "attn")
+        ]
+
+    def last_needed_path(self, paths: Iterable[str]) -> str | None:
+        """The module after which a forward touching `paths` can stop, or None for all of it."""
+        layers = []
+        for path in paths:
+            if path == self.anatomy.embed_path or path.startswith(self.anatomy.embed_path + "."):
+                continue
+            layer = self.anatomy.layer_of(path)
+            if layer is None:
+                return None
+            layers.append(layer)
+        if not layers:
+            return self.anatomy.embed_path
+        return self.anatomy.layer_path(max(layers))
+
+    def unembed(self, hidden: mx.array, apply_norm: bool = True) -> mx.array:
+        """Logits (..., vocab) from residual-stream vectors (..., d_model), through the final norm."""
+        if apply_norm:
+            hidden = self.final_norm(hidden)
+        return unembed(self.model, self.anatomy, hidden)
+
+    # -- tokens --------------------------------------------------------------------------
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text` (with BOS only where the tokenizer adds one)."""
+        return list(self.tokenizer.encode(text))
+
+    def decode(self, ids: Sequence[int] | mx.array) -> str:
+        return self.tokenizer.decode(_as_id_list(ids))
+
+    def to_str_tokens(self, text_or_ids: str | Sequence[int] | mx.array) -> list[str]:
+        """Each token of a text (or of token ids) as a string."""
+        ids = self.encode(text_or_ids) if isinstance(text_or_ids, str) else _as_id_list(text_or_ids)
+        return [self.tokenizer.decode([i]) for i in ids]
+
+    @property
+    def pad_token_id(self) -> int:
+        for attr in ("pad_token_id", "eos_token_id"):
+            value = getattr(self.tokenizer, attr, None)
+            if isinstance(value, int):
+                return value
+        return 0
+
+    def tokenize_batch(self, inputs) -> tuple[mx.array, mx.array]:
+        """Token ids (batch, seq) int32 and mask (batch, seq) of a string, strings or token ids.
+
+        Several texts are right-padded: with causal attention no real token ever attends to a
+        pad, so real positions compute exactly as unpadded; `mask` is 0 on pads.
+        """
+        if isinstance(inputs, str):
+            rows = [self.encode(inputs)]
+        elif isinstance(inputs, mx.array):
+            rows = inputs.tolist() if inputs.ndim == 2 else [inputs.tolist()]
+        elif isinstance(inputs, (list, tuple)) and inputs and all(isinstance(t, str) for t in inputs):
+            rows = [self.encode(t) for t in inputs]
+        elif isinstance(inputs, (list, tuple)) and inputs and all(isinstance(t, int) for t in inputs):
+            rows = [list(inputs)]
+        elif isinstance(inputs, (list, tuple)) and inputs and all(
+            isinstance(t, (list, tuple)) for t in inputs
+        ):
+            rows = [list(t) for t in inputs]
+        else:
+            raise TraceError(
+                "inputs must be a non-empty string, a list of strings, or token ids "
+                f"(list of ints, list of lists, or an mx.array); got {_describe(inputs)}"
+            )
+        if not rows or any(len(r) == 0 for r in rows):
+            raise TraceError(
+                "an input tokenized to no tokens: pass non-empty text (or at least one token id)"
+            )
+        bad = [t for r in rows for t in r if not 0 <= int(t) < self.vocab_size]
+        if bad:
+            raise TraceError(f"token id {bad[0]} is outside the vocabulary (size {self.vocab_size})")
+        length = max(len(r) for r in rows)
+        pad = self.pad_token_id
+        tokens = mx.array([r + [pad] * (length - len(r)) for r in rows], dtype=mx.int32)
+        mask = mx.array([[1] * len(r) + [0] * (length - len(r)) for r in rows], dtype=mx.int32)
+        return tokens, mask
+
+    # -- tracing and generation ----------------------------------------------------------
+    def trace(self, inputs, default_capture: bool = True) -> Trace:
+        """A context in which to save and edit activations; the forward runs at block exit.
+
+        With nothing saved explicitly (and `default_capture`), every block's output, MLP and
+        attention output are kept in `trace.activations`.
+        """
+        return Trace(self, inputs, default_capture=default_capture)
+
+    def generate(
+        self,
+        prompt: str,
+        max_tokens: int = 50,
+        temperature: float = 0.0,
+        seed: int | None = None,
+        chat: bool = False,
+        stop_at_eos: bool = True,
+    ) -> "Generation":
+        """Generate from `prompt` with edits declared in a `with` block applied at every step.
+
+        `with model.generate("Once", max_tokens=20) as gen: model.layers[5].output.add(v)`
+        then `gen.text`; or without a block, `model.generate("Once").text`. Greedy when
+        `temperature` is 0 (deterministic).
+        """
+        from .generation import Generation
+
+        return Generation(self, prompt, max_tokens, temperature, seed, chat, stop_at_eos)
+
+    def _enter(self, interventions: Interventions) -> None:
+        if self._interventions is not None:
+            raise TraceError(
+                "a trace or generation is already open on this model: finish it before opening another"
+            )
+        self._interventions = interventions
+
+    def _exit(self, interventions: Interventions) -> None:
+        if self._interventions is interventions:
+            self._interventions = None
+
+    def _active_interventions(self, what: str) -> Interventions:
+        if self._interventions is None:
+            raise TraceError(
+                f"{what} is only available inside `with model.trace(...)` or "
+                "`with model.generate(...)`"
+            )
+        return self._interventions
+
+    def __repr__(self) -> str:
+        return (
+            f"InterpretableModel({self.name!r}, layers={self.n_layers}, d_model={self.d_model}, "
+            f"vocab={self.vocab_size})"
+        )
+
+
+def _as_id_list(ids) -> list[int]:
+    if isinstance(ids, mx.array):
+        return [int(i) for i in ids.reshape(-1).tolist()]
+    return [int(i) for i in ids]
+
+
+def _describe(value) -> str:
+    if isinstance(value, (list, tuple)):
+        return f"an empty {type(value).__name__}" if not value else f"a {type(value).__name__} of mixed items"
+    return type(value).__name__

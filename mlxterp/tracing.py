@@ -1,0 +1,416 @@
+"""The trace context: run a model once, saving and editing module inputs and outputs by path.
+
+Inside `with model.trace(inputs) as trace:` a user declares what to save and how to edit; the
+forward pass runs when the block exits, with every edit applied. Modules are swapped for hooks
+only for the duration of that forward and are always restored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+
+import mlx.core as mx
+
+from .anatomy import get_module, unknown_path_message
+from .errors import TraceError
+
+if TYPE_CHECKING:
+    from .model import InterpretableModel
+
+Positions = int | Sequence[int] | slice | None
+EditFn = Callable[[mx.array], mx.array]
+
+
+class StopForward(Exception):
+    """Raised by the hook of the last module a trace needs, to skip the rest of the forward."""
+
+
+class Saved:
+    """A value saved inside a trace; after the block it holds the array in `.value`.
+
+    It also behaves like the array for the common cases (`shape`, indexing, numpy conversion).
+    """
+
+    def __init__(self, path: str, kind: str):
+        self.path = path
+        self.kind = kind
+        self._chunks: list[mx.array] = []
+
+    @property
+    def value(self) -> mx.array:
+        if not self._chunks:
+            raise TraceError(
+                f"the {self.kind} of {self.path or 'the model'!r} is not available yet: "
+                "saved values are filled in when the `with model.trace(...)` block exits"
+            )
+        if len(self._chunks) > 1:
+            self._chunks = [mx.concatenate(self._chunks, axis=1)]
+        return self._chunks[0]
+
+    def _record(self, array: mx.array) -> None:
+        self._chunks.append(array)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self.value, name)
+
+    def __getitem__(self, index):
+        return self.value[index]
+
+    def __array__(self, dtype=None, copy=None):
+        import numpy as np
+
+        return np.asarray(self.value, dtype=dtype)
+
+    def __repr__(self) -> str:
+        state = f"shape={tuple(self._chunks[0].shape)}" if self._chunks else "pending"
+        return f"Saved({self.path or 'logits'!r}, {self.kind}, {state})"
+
+
+@dataclass
+class Edit:
+    """A function applied to a module's input or output at chosen token positions."""
+
+    fn: EditFn
+    positions: Positions = None
+
+    def apply(self, array: mx.array, offset: int) -> mx.array:
+        if self.positions is None:
+            return self.fn(array)
+        index = local_positions(self.positions, offset, array.shape[1])
+        if index is None:
+            return array
+        edited = mx.array(array)
+        edited[:, index] = self.fn(array[:, index])
+        return edited
+
+
+def local_positions(positions: Positions, offset: int, length: int):
+    """Map absolute token positions to indices into a call covering [offset, offset + length).
+
+    Negative positions count back from the end of each forward call (-1 is the newest token),
+    so that an edit at -1 follows the newest token during generation. Returns None when no
+    position falls inside this call.
+    """
+    if isinstance(positions, slice):
+        positions = range(offset + length)[positions]
+    if isinstance(positions, int):
+        positions = [positions]
+    local = sorted(
+        {p + length if p < 0 else p - offset for p in positions} & set(range(length))
+    )
+    return mx.array(local, dtype=mx.int32) if local else None
+
+
+@dataclass
+class Interventions:
+    """What a trace or a generation saves and edits, keyed by (module path, "input"/"output")."""
+
+    saves: dict[tuple[str, str], Saved] = field(default_factory=dict)
+    edits: dict[tuple[str, str], list[Edit]] = field(default_factory=dict)
+    wants_logits: bool = False
+
+    def save(self, path: str, kind: str) -> Saved:
+        if path == "":
+            self.wants_logits = True
+        return self.saves.setdefault((path, kind), Saved(path, kind))
+
+    def add_edit(self, path: str, kind: str, edit: Edit) -> None:
+        if path == "":
+            raise TraceError(
+                "the model's output (logits) cannot be edited inside the forward; edit the "
+                "last layer or the final norm instead, or post-process the saved logits"
+            )
+        self.edits.setdefault((path, kind), []).append(edit)
+
+    def paths(self) -> set[str]:
+        return {p for p, _ in self.saves} | {p for p, _ in self.edits}
+
+
+class Hook:
+    """Stands in for a module during a forward: edits and saves its input and output."""
+
+    def __init__(self, module, path: str, runner: "HookedRun"):
+        self.module = module
+        self.path = path
+        self.runner = runner
+
+    def __call__(self, *args, **kwargs):
+        runner = self.runner
+        if args and (self.path, "input") in runner.touched:
+            args = (runner.process(self.path, "input", args[0]), *args[1:])
+        out = self.module(*args, **kwargs)
+        if (self.path, "output") in runner.touched:
+            out = runner.process(self.path, "output", out)
+        if self.path == runner.stop_path:
+            raise StopForward
+        return out
+
+    def __getattr__(self, name: str) -> Any:
+        # mlx-lm code reads attributes of blocks (e.g. `layer.use_sliding`): answer for the module.
+        return getattr(self.module, name)
+
+
+class HookedRun:
+    """Installs hooks for a set of interventions and applies them on each call."""
+
+    def __init__(self, interventions: Interventions, stop_path: str | None):
+        self.interventions = interventions
+        self.stop_path = stop_path
+        self.offset = 0
+        self.touched = set(interventions.saves) | set(interventions.edits)
+
+    def process(self, path: str, kind: str, array: mx.array) -> mx.array:
+        key = (path, kind)
+        if not isinstance(array, mx.array):
+            raise TraceError(
+                f"the {kind} of {path!r} is a {type(array).__name__}, not an array; "
+                "only array inputs and outputs can be saved or edited"
+            )
+        for edit in self.interventions.edits.get(key, ()):
+            array = edit.apply(array, self.offset)
+        if key in self.interventions.saves:
+            self.interventions.saves[key]._record(array)
+        return array
+
+    @contextlib.contextmanager
+    def installed(self, root) -> Iterator[None]:
+        """Swap each touched module (and the stop module) for a Hook; always restore them."""
+        paths = {p for p, _ in self.touched if p} | ({self.stop_path} if self.stop_path else set())
+        swapped = []
+        try:
+            # Deepest first, so a parent is swapped only after its hooked children.
+            for path in sorted(paths, key=lambda p: -p.count(".")):
+                parent_path, _, name = path.rpartition(".")
+                parent = get_module(root, parent_path)
+                original = parent[int(name)] if isinstance(parent, list) else parent[name]
+                hook = Hook(original, path, self)
+                if isinstance(parent, list):
+                    parent[int(name)] = hook
+                else:
+                    parent[name] = hook
+                swapped.append((parent, name, original))
+            yield
+        finally:
+            for parent, name, original in reversed(swapped):
+                if isinstance(parent, list):
+                    parent[int(name)] = original
+                else:
+                    parent[name] = original
+
+
+class Port:
+    """The input or output of one module inside a trace: save it or edit it.
+
+    Edits take `positions`: None (all tokens), an int, a list of ints, or a slice, over the
+    token axis (axis 1); negative positions count from the end of each forward call.
+    """
+
+    def __init__(self, model: "InterpretableModel", path: str, kind: str):
+        self._model = model
+        self._path = path
+        self._kind = kind
+
+    def _active(self) -> Interventions:
+        return self._model._active_interventions(f"{self._path or 'model'}.{self._kind}")
+
+    def save(self) -> Saved:
+        """Keep this value; the returned handle holds it after the block exits."""
+        return self._active().save(self._path, self._kind)
+
+    def edit(self, fn: EditFn, positions: Positions = None) -> None:
+        """Replace the value `a` by `fn(a)` (at `positions`)."""
+        if not callable(fn):
+            raise TraceError(f"edit needs a function array -> array, got {type(fn).__name__}")
+        self._active().add_edit(self._path, self._kind, Edit(fn, positions))
+
+    def zero(self, positions: Positions = None) -> None:
+        self.edit(mx.zeros_like, positions)
+
+    def scale(self, factor: float, positions: Positions = None) -> None:
+        self.edit(lambda a: a * factor, positions)
+
+    def add(self, vector, positions: Positions = None) -> None:
+        """Add `vector` (broadcast against (batch, seq, d)), e.g. a steering direction."""
+        vector = mx.array(vector)
+        self.edit(lambda a: a + vector.astype(a.dtype), positions)
+
+    def set(self, value, positions: Positions = None) -> None:
+        """Replace the value by `value` (an array broadcast to the edited shape)."""
+        value = mx.array(value)
+        self.edit(lambda a: mx.broadcast_to(value.astype(a.dtype), a.shape), positions)
+
+    def clamp(self, min=None, max=None, positions: Positions = None) -> None:
+        self.edit(lambda a: mx.clip(a, min, max), positions)
+
+    def __setitem__(self, index, value) -> None:
+        """`port[:, 3] = 0`: assign into the value at `index` (numpy-style, all axes)."""
+
+        def assign(a: mx.array) -> mx.array:
+            out = mx.array(a)
+            out[index] = value
+            return out
+
+        self.edit(assign)
+
+    def __repr__(self) -> str:
+        return f"Port({self._path or 'model'!r}, {self._kind})"
+
+
+class Envoy:
+    """A module of the model, addressed by path: `.output` / `.input` are its Ports in a trace.
+
+    Child modules are Envoys too (`model.layers[3].mlp`); `.module` is the mlx module itself.
+    Assigning `envoy.output = value_or_fn` declares an edit.
+    """
+
+    def __init__(self, model: "InterpretableModel", path: str):
+        object.__setattr__(self, "_model", model)
+        object.__setattr__(self, "_path", path)
+
+    @property
+    def path(self) -> str:
+        return self._path
+
+    @property
+    def module(self):
+        return get_module(self._model.model, self._path)
+
+    @property
+    def output(self) -> Port:
+        return Port(self._model, self._path, "output")
+
+    @property
+    def input(self) -> Port:
+        return Port(self._model, self._path, "input")
+
+    def __setattr__(self, name: str, value) -> None:
+        if name not in ("output", "input"):
+            raise AttributeError(f"cannot set {name!r} on a module envoy; set .output or .input")
+        port = Port(self._model, self._path, name)
+        if callable(value):
+            port.edit(value)
+        else:
+            port.set(value)
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        child = f"{self._path}.{name}" if self._path else name
+        module = self.module
+        if isinstance(module, dict) and name in module:
+            value = module[name]
+            return EnvoyList(self._model, child, len(value)) if isinstance(value, list) else Envoy(
+                self._model, child
+            )
+        if hasattr(module, name):
+            return getattr(module, name)
+        raise AttributeError(unknown_path_message(self._model.model, child))
+
+    def __call__(self, *args, **kwargs):
+        return self.module(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"Envoy({self._path or 'model'!r}: {type(self.module).__name__})"
+
+
+class EnvoyList(Sequence):
+    """A list of modules (the transformer blocks) as Envoys; index errors name the valid range."""
+
+    def __init__(self, model: "InterpretableModel", path: str, length: int):
+        self._model = model
+        self._path = path
+        self._length = length
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __iter__(self) -> Iterator[Envoy]:
+        return (Envoy(self._model, f"{self._path}.{i}") for i in range(self._length))
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(self._length)[index]]
+        if isinstance(index, bool) or not isinstance(index, int):
+            raise TraceError(f"index {self._path} with an int, got {index!r}")
+        if not -self._length <= index < self._length:
+            raise TraceError(
+                f"layer {index} is out of range: {self._path} has {self._length} entries "
+                f"(valid: 0..{self._length - 1}, or -1 for the last)"
+            )
+        return Envoy(self._model, f"{self._path}.{index % self._length}")
+
+    def __repr__(self) -> str:
+        return f"EnvoyList({self._path!r}, {self._length})"
+
+
+class Trace:
+    """One forward pass with saves and edits declared in a `with` block.
+
+    After the block: `trace.activations[path]` holds each saved module output
+    (batch, seq, d_model), `trace.inputs[path]` each saved input, `trace.logits` the logits
+    when `model.output.save()` was asked for, `trace.tokens` / `trace.mask` the (batch, seq)
+    token ids and attention mask (0 on padding; padded positions hold no real token).
+    """
+
+    def __init__(self, model: "InterpretableModel", inputs, default_capture: bool = True):
+        self.model = model
+        self.tokens, self.mask = model.tokenize_batch(inputs)
+        self.interventions = Interventions()
+        self.default_capture = default_capture
+        self.activations: dict[str, mx.array] = {}
+        self.inputs: dict[str, mx.array] = {}
+        self.logits: mx.array | None = None
+
+    def __enter__(self) -> "Trace":
+        self.model._enter(self.interventions)
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        self.model._exit(self.interventions)
+        if exc_type is None:
+            self.run()
+        return False
+
+    def save(self, path: str, kind: str = "output") -> Saved:
+        """Save the output (or input) of the module at `path`, e.g. "model.layers.3.mlp"."""
+        get_module(self.model.model, path)
+        return self.interventions.save(path, kind)
+
+    def run(self) -> None:
+        """Run the forward with the declared interventions and fill in the saved values."""
+        interventions = self.interventions
+        if self.default_capture and not interventions.saves:
+            for path in self.model.standard_paths():
+                interventions.save(path, "output")
+        for path in interventions.paths():
+            if isinstance(get_module(self.model.model, path), list):
+                raise TraceError(f"{path!r} is a list of modules: index it, e.g. {path}.0")
+        stop = None if interventions.wants_logits else self.model.last_needed_path(interventions.paths())
+        runner = HookedRun(interventions, stop)
+        with runner.installed(self.model.model):
+            try:
+                logits = self.model.model(self.tokens)
+            except StopForward:
+                logits = None
+        if interventions.wants_logits:
+            interventions.saves[("", "output")]._record(logits)
+        values = [s.value for s in interventions.saves.values() if s._chunks]
+        mx.eval(values)
+        for (path, kind), saved in interventions.saves.items():
+            if not saved._chunks:
+                continue
+            if path == "":
+                self.logits = saved.value
+            elif kind == "output":
+                self.activations[path] = saved.value
+            else:
+                self.inputs[path] = saved.value
+
+    @property
+    def output(self) -> mx.array | None:
+        """The logits (batch, seq, vocab), when `model.output.save()` was asked for."""
+        return self.logits
