@@ -14,6 +14,14 @@ if [ "$(uname -s)" = "Linux" ] && [ ! -e /usr/lib/x86_64-linux-gnu/openblas-pthr
   fi
 fi
 
+# Headless Chromium for the dashboard's browser test.
+if [ "$(uname -s)" = "Linux" ] && ! command -v chromium >/dev/null && command -v apt-get >/dev/null \
+    && [ "$(id -u)" = 0 ]; then
+  echo "setup: installing Debian's chromium (dashboard browser test)"
+  apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
+    || echo "setup: chromium could not be installed; the dashboard browser test will be skipped" >&2
+fi
+
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
