@@ -1,0 +1,94 @@
+"""Activation store: packing, token filtering, shuffling, bounded memory, disk cache, errors."""
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from mlxterp import InterpretableModel
+from mlxterp.errors import DataError, TraceError
+from mlxterp.sae.store import ActivationStore, StoreSettings, split_documents
+from tiny_models import D, byte_tokenizer, tiny_model
+
+TEXTS = [f"document number {i}: " + "some words here " * (3 + i % 5) for i in range(40)]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return InterpretableModel((tiny_model("llama", seed=2), byte_tokenizer()))
+
+
+def settings(**kw):
+    return StoreSettings(**{"layer": 1, "component": "mlp", "context_length": 32, **kw})
+
+
+def test_batches_cover_exactly_the_kept_tokens(model):
+    store = ActivationStore(model, TEXTS, settings(), progress=False)
+    eos = model.pad_token_id
+    n_contexts = len(store.contexts)
+    expected = n_contexts * 31 - int((store.contexts[:, 1:] == eos).sum())
+    assert store.n_tokens == expected
+    batches = list(store.batches(64))
+    assert sum(len(b) for b in batches) == expected
+    assert all(b.shape[1] == D and b.dtype == mx.float32 for b in batches)
+
+
+def test_activations_equal_trace_values_at_kept_positions(model):
+    store = ActivationStore(model, TEXTS, settings(), progress=False)
+    with model.trace(mx.array(store.contexts[:2])) as trace:
+        pass
+    acts = np.array(trace.activations["model.layers.1.mlp"])
+    expected = acts[store.keep[:2]]
+    assert not store.keep[:, 0].any()
+    all_rows = np.concatenate([np.array(b) for b in store.batches(50)])
+    # every expected row appears among the store's shuffled rows
+    found = (np.abs(all_rows[None, :, :] - expected[:, None, :]).max(-1) < 1e-5).any(1)
+    assert found.all()
+
+
+def test_shuffle_mixes_contexts_and_differs_between_epochs(model):
+    store = ActivationStore(model, TEXTS, settings(), progress=False, shuffle_buffer_tokens=256)
+    first = np.array(next(store.batches(32)))
+    second = np.array(next(store.batches(32)))
+    assert not np.allclose(first, second)
+
+
+def test_cache_is_written_then_read_without_the_model(model, tmp_path, monkeypatch):
+    store = ActivationStore(model, TEXTS, settings(), cache_dir=tmp_path, progress=False)
+    first = np.concatenate([np.array(b) for b in store.batches(64)])
+    assert (store.cache_dir / "manifest.json").exists()
+
+    def no_model(*a, **k):
+        raise AssertionError("the model ran although the cache is complete")
+
+    monkeypatch.setattr(model, "trace", no_model)
+    again = ActivationStore(model, TEXTS, settings(), cache_dir=tmp_path, progress=False)
+    second = np.concatenate([np.array(b) for b in again.batches(64)])
+    assert first.shape == second.shape
+    np.testing.assert_allclose(np.sort(first.sum(1)), np.sort(second.sum(1)), rtol=1e-5)
+
+
+def test_max_tokens_bounds_the_epoch(model):
+    store = ActivationStore(model, TEXTS, settings(), max_tokens=100, progress=False)
+    assert sum(len(b) for b in store.batches(16)) == 100
+
+
+def test_validation_split_holds_out_documents():
+    train, val = split_documents(TEXTS, 0.1, seed=0)
+    assert len(val) == 4 and not set(train) & set(val)
+    assert sorted(train + val) == sorted(TEXTS)
+    one_train, one_val = split_documents(["para one\npara two\npara three"], 0.3, seed=0)
+    assert one_train and one_val
+
+
+def test_store_errors(model):
+    with pytest.raises(DataError, match="empty"):
+        ActivationStore(model, [], settings())
+    with pytest.raises(DataError, match="fewer than one context"):
+        ActivationStore(model, ["short"], settings())
+    with pytest.raises(TraceError, match="out of range"):
+        ActivationStore(model, TEXTS, settings(layer=7))
+    eos = model.tokenizer.decode([model.pad_token_id])
+    with pytest.raises(DataError, match="no usable tokens"):
+        ActivationStore(model, [eos * 200], settings())
+    with pytest.raises(DataError, match="empty"):
+        split_documents(["", "  "], 0.1, seed=0)
