@@ -1,8 +1,8 @@
 """mlxterp: interpretability for MLX language models (tracing, SAEs, features, steering)."""
 
-from .platform import warn_if_slow_blas
+from .platform import configure_blas
 
-warn_if_slow_blas()
+configure_blas()
 
 from .model import InterpretableModel  # noqa: E402
 

@@ -14,9 +14,10 @@ OPENBLAS_PATHS = (
 )
 INSTALL_HINT = (
     "Install Debian's OpenBLAS (`apt-get install libopenblas0-pthread`) and run through the "
-    "`mlxterp` command, or set LD_PRELOAD=/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3"
+    "`mlxterp` command (or set MLXTERP_AUTO_BLAS=1), or set LD_PRELOAD=/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3"
 )
 _REEXEC_GUARD = "MLXTERP_BLAS_REEXEC"
+AUTO_BLAS_ENV = "MLXTERP_AUTO_BLAS"
 
 
 def on_cpu() -> bool:
@@ -51,8 +52,7 @@ def reexec_with_fast_blas() -> None:
     """Re-execute this process with OpenBLAS preloaded, when installed and not yet loaded.
 
     The mlx-cpu wheel links a reference BLAS that runs float32 matmul ~30x slower than the
-    hardware allows; preloading OpenBLAS swaps it in. Only entry points call this (the CLI,
-    the example scripts, benchmarks); a library import never re-executes the interpreter.
+    hardware allows; preloading OpenBLAS swaps it in.
     """
     path = openblas_path()
     if path is None or fast_blas_loaded() or os.environ.get(_REEXEC_GUARD):
@@ -65,12 +65,19 @@ def reexec_with_fast_blas() -> None:
     os.execve(sys.executable, list(sys.orig_argv), env)
 
 
-def warn_if_slow_blas() -> None:
-    """Warn once on Linux when MLX runs with the reference BLAS."""
-    if sys.platform.startswith("linux") and not fast_blas_loaded():
-        warnings.warn(
-            "mlxterp: MLX is using the mlx-cpu wheel's reference BLAS, so float32 matmul runs "
-            f"~30x slower than this CPU can. {INSTALL_HINT}.",
-            RuntimeWarning,
-            stacklevel=3,
-        )
+def configure_blas() -> None:
+    """At import: entry points re-execute with OpenBLAS; anything else warns once if slow.
+
+    Entry points are the `mlxterp` command and scripts that set MLXTERP_AUTO_BLAS=1 before
+    importing mlxterp (the examples and benchmarks); a plain library import never re-executes.
+    """
+    if not sys.platform.startswith("linux") or fast_blas_loaded():
+        return
+    if os.environ.get(AUTO_BLAS_ENV) == "1" or os.path.basename(sys.argv[0]) == "mlxterp":
+        reexec_with_fast_blas()
+    warnings.warn(
+        "mlxterp: MLX is using the mlx-cpu wheel's reference BLAS, so float32 matmul runs "
+        f"~30x slower than this CPU can. {INSTALL_HINT}.",
+        RuntimeWarning,
+        stacklevel=3,
+    )

@@ -1,0 +1,88 @@
+"""Benchmark: tokens/s of a plain mlx-lm forward vs trace() capturing one layer's residual stream.
+
+Prints, in one run on the default model (SmolLM2-135M, float32): the plain full forward, the
+plain forward truncated by hand at the layer, and trace() saving that layer (which stops the
+forward there). Targets: trace >= plain full forward; trace overhead < 5% over the truncated one.
+
+    python benchmarks/trace_capture.py [--layer 15] [--batch 8] [--seq 256] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import os
+
+os.environ.setdefault("MLXTERP_AUTO_BLAS", "1")  # importing mlxterp re-executes with OpenBLAS
+
+import mlx.core as mx  # noqa: E402
+import numpy as np  # noqa: E402
+
+from mlxterp import InterpretableModel  # noqa: E402
+
+DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "wikitext-2-raw-test.txt"
+
+
+def token_batch(model, batch: int, seq: int) -> mx.array:
+    text = DATA.read_text() if DATA.exists() else " ".join(model.tokenizer.decode(list(range(1000, 3000))) for _ in range(3))
+    ids = model.encode(text)[: batch * seq]
+    return mx.array(np.asarray(ids, dtype=np.int32).reshape(batch, seq))
+
+
+def timed(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--layer", type=int, default=15)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seq", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+
+    model = InterpretableModel.default()
+    tokens = token_batch(model, args.batch, args.seq)
+    n = tokens.size
+    inner = model.model.model
+
+    def plain_full():
+        mx.eval(model.model(tokens))
+
+    def plain_truncated():
+        h = inner.embed_tokens(tokens)
+        for block in inner.layers[: args.layer + 1]:
+            h = block(h, "causal", cache=None)
+        mx.eval(h)
+
+    def traced():
+        with model.trace(tokens, default_capture=False):
+            model.layers[args.layer].output.save()
+
+    results = {}
+    for name, fn in [("plain forward (all layers + logits)", plain_full),
+                     (f"plain forward truncated at layer {args.layer}", plain_truncated),
+                     (f"trace() saving layer {args.layer} (stops there)", traced),
+                     (f"plain forward truncated at layer {args.layer} (again)", plain_truncated)]:
+        results[name] = n / timed(fn, args.repeats)
+        print(f"{name:55s} {results[name]:10,.0f} tokens/s")
+    truncated = statistics.mean([v for k, v in results.items() if "truncated" in k])
+    trace_rate = results[f"trace() saving layer {args.layer} (stops there)"]
+    print(f"trace vs plain full forward: {trace_rate / results['plain forward (all layers + logits)']:.2f}x")
+    print(f"trace overhead over truncated forward: {100 * (truncated / trace_rate - 1):+.1f}%")
+    print(f"({n} tokens per forward: batch {args.batch} x seq {args.seq}; {sys.platform}, "
+          f"device {mx.default_device()})")
+
+
+if __name__ == "__main__":
+    main()

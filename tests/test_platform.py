@@ -1,0 +1,49 @@
+"""OpenBLAS handling: entry points re-execute with it preloaded; plain imports warn once."""
+
+import sys
+
+import pytest
+
+from mlxterp import platform
+
+
+@pytest.fixture
+def slow_linux(monkeypatch):
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.setattr(platform, "fast_blas_loaded", lambda: False)
+    monkeypatch.setattr(platform, "openblas_path", lambda: "/usr/lib/libblas-test.so")
+    monkeypatch.delenv(platform.AUTO_BLAS_ENV, raising=False)
+    monkeypatch.delenv("MLXTERP_BLAS_REEXEC", raising=False)
+    execs = []
+    monkeypatch.setattr(platform.os, "execve", lambda exe, argv, env: execs.append((exe, argv, env)))
+    return execs
+
+
+def test_plain_import_warns_with_the_fix_and_does_not_reexec(slow_linux, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["python"])
+    with pytest.warns(RuntimeWarning, match="apt-get install libopenblas0-pthread"):
+        platform.configure_blas()
+    assert slow_linux == []
+
+
+def test_entry_points_reexec_with_openblas_preloaded(slow_linux, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["/usr/bin/mlxterp", "train"])
+    monkeypatch.setattr(sys, "orig_argv", ["python", "/usr/bin/mlxterp", "train"])
+    with pytest.warns(RuntimeWarning):  # execve is stubbed, so the process goes on and warns
+        platform.configure_blas()
+    (exe, argv, env), = slow_linux
+    assert argv == ["python", "/usr/bin/mlxterp", "train"]
+    assert env["LD_PRELOAD"].startswith("/usr/lib/libblas-test.so")
+    assert env["MLXTERP_BLAS_REEXEC"] == "1"  # guards against a re-exec loop
+
+
+def test_no_reexec_loop(slow_linux, monkeypatch):
+    monkeypatch.setenv("MLXTERP_BLAS_REEXEC", "1")
+    platform.reexec_with_fast_blas()
+    assert slow_linux == []
+
+
+def test_test_suite_itself_runs_with_fast_blas():
+    if platform.openblas_path() is None:
+        pytest.skip("OpenBLAS is not installed on this machine")
+    assert platform.fast_blas_loaded()
