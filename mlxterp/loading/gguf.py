@@ -9,6 +9,7 @@ rebuilt, so nothing is downloaded.
 from __future__ import annotations
 
 import re
+import struct
 from pathlib import Path
 
 import mlx.core as mx
@@ -16,11 +17,16 @@ import mlx.nn as nn
 import numpy as np
 from mlx_lm.models import llama
 from mlx_lm.tokenizer_utils import BPEStreamingDetokenizer, TokenizerWrapper
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
+from transformers import PreTrainedTokenizerFast
 
 from mlxterp.errors import ModelLoadError
 from mlxterp.platform import on_cpu
 
 GGUF_MAGIC = b"GGUF"
+SUPPORTED_VERSIONS = (2, 3)
+_HEADER = struct.Struct("<4sIQQ")  # magic, version, tensor count, metadata key count
+_MAX_ENTRIES = 1 << 20
 SUPPORTED_ARCHITECTURES = ("llama",)
 GROUP_SIZE = 32
 CONTROL_TOKEN_TYPE = 3
@@ -91,16 +97,28 @@ def load_gguf(
 
 
 def check_gguf_file(path: str | Path) -> Path:
-    """Return `path` as a Path if it is a file starting with the GGUF magic; else ModelLoadError."""
+    """Return `path` as a Path if it is a file with a sane GGUF header; else ModelLoadError.
+
+    MLX's reader trusts the header, so a corrupt one could crash the process: check it first.
+    """
     path = Path(path)
     if not path.is_file():
         raise ModelLoadError(f"GGUF file {path} does not exist; check the path.")
     with open(path, "rb") as f:
-        magic = f.read(4)
-    if magic != GGUF_MAGIC:
+        header = f.read(_HEADER.size)
+    if header[:4] != GGUF_MAGIC:
         raise ModelLoadError(
-            f"{path} is not a GGUF file (it starts with {magic!r}, not {GGUF_MAGIC!r}). "
+            f"{path} is not a GGUF file (it starts with {header[:4]!r}, not {GGUF_MAGIC!r}). "
             "Pass a llama.cpp .gguf file, an mlx-lm model folder or a Hugging Face repo id."
+        )
+    if len(header) < _HEADER.size:
+        raise ModelLoadError(f"GGUF file {path} is truncated (incomplete header); re-download it.")
+    _, version, n_tensors, n_metadata = _HEADER.unpack(header)
+    if version not in SUPPORTED_VERSIONS or max(n_tensors, n_metadata) > _MAX_ENTRIES:
+        raise ModelLoadError(
+            f"GGUF file {path} has a corrupt or unsupported header (version {version}, "
+            f"{n_tensors} tensors, {n_metadata} metadata keys); mlxterp reads GGUF versions "
+            f"{', '.join(map(str, SUPPORTED_VERSIONS))}. Re-download or re-convert the file."
         )
     return path
 
@@ -117,7 +135,7 @@ def is_gguf_file(path: str | Path) -> bool:
 def read_gguf(path: Path) -> tuple[dict[str, mx.array], dict]:
     """Tensors and metadata of a GGUF file; a llama architecture is required."""
     try:
-        weights, metadata = mx.load(str(path), return_metadata=True)
+        weights, metadata = mx.load(str(path), format="gguf", return_metadata=True)
     except (RuntimeError, ValueError) as e:
         raise ModelLoadError(
             f"Could not read GGUF file {path}: {e}. The file may be truncated or use a tensor "
@@ -137,7 +155,7 @@ def model_args(metadata: dict, weights: dict[str, mx.array]) -> llama.ModelArgs:
     """mlx-lm llama ModelArgs from the `llama.*` metadata keys."""
     n_heads = _int(metadata, "llama.attention.head_count")
     d_model = _int(metadata, "llama.embedding_length")
-    vocab = metadata.get("llama.vocab_size")
+    n_tokens = len(metadata.get("tokenizer.ggml.tokens", []))
     return llama.ModelArgs(
         model_type="llama",
         hidden_size=d_model,
@@ -148,7 +166,7 @@ def model_args(metadata: dict, weights: dict[str, mx.array]) -> llama.ModelArgs:
         head_dim=_int(metadata, "llama.attention.key_length", d_model // n_heads),
         rms_norm_eps=_float(metadata, "llama.attention.layer_norm_rms_epsilon"),
         rope_theta=_float(metadata, "llama.rope.freq_base", 10000.0),
-        vocab_size=int(vocab.item()) if vocab is not None else len(metadata["tokenizer.ggml.tokens"]),
+        vocab_size=_int(metadata, "llama.vocab_size", n_tokens or None),
         max_position_embeddings=_int(metadata, "llama.context_length", 2048),
         tie_word_embeddings="output.weight" not in weights,
     )
@@ -267,8 +285,6 @@ def build_model(
 
 def gguf_tokenizer(metadata: dict) -> TokenizerWrapper:
     """TokenizerWrapper around a byte-level BPE rebuilt from the `tokenizer.ggml.*` metadata."""
-    from transformers import PreTrainedTokenizerFast
-
     model_kind = metadata.get("tokenizer.ggml.model")
     if model_kind != "gpt2":
         raise ModelLoadError(
@@ -289,20 +305,18 @@ def gguf_tokenizer(metadata: dict) -> TokenizerWrapper:
     return TokenizerWrapper(fast, detokenizer_class=BPEStreamingDetokenizer)
 
 
-def bpe_tokenizer(metadata: dict):
+def bpe_tokenizer(metadata: dict) -> Tokenizer:
     """A `tokenizers.Tokenizer`: byte-level BPE over the GGUF vocabulary and merges.
 
     Control tokens (token_type 3) become special tokens; a BOS is prepended only when
     `tokenizer.ggml.add_bos_token` says so.
     """
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
-
     tokens = metadata["tokenizer.ggml.tokens"]
     merges = [tuple(m.split(" ", 1)) for m in metadata["tokenizer.ggml.merges"]]
     tokenizer = Tokenizer(
         models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges, fuse_unk=False)
     )
-    tokenizer.pre_tokenizer = _pre_tokenizer(metadata.get("tokenizer.ggml.pre"), pre_tokenizers)
+    tokenizer.pre_tokenizer = _pre_tokenizer(metadata.get("tokenizer.ggml.pre"))
     tokenizer.decoder = decoders.ByteLevel()
     types = np.array(metadata["tokenizer.ggml.token_type"])
     control = [tokens[i] for i in np.flatnonzero(types == CONTROL_TOKEN_TYPE)]
@@ -316,7 +330,7 @@ def bpe_tokenizer(metadata: dict):
     return tokenizer
 
 
-def _pre_tokenizer(pre: str | None, pre_tokenizers):
+def _pre_tokenizer(pre: str | None) -> pre_tokenizers.PreTokenizer:
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     if pre == "smollm":
         return pre_tokenizers.Sequence(
