@@ -1,0 +1,206 @@
+"""The `mlxterp` command: train, evaluate, analyze and browse SAEs from the shell."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import MlxterpError
+
+MODEL_HELP = "model: a Hugging Face repo id, an mlx-lm folder or a .gguf file (default: the embedded SmolLM2-135M-Instruct)"
+DATASET_HELP = "text: a .txt file, a folder of .txt files, or a Hugging Face dataset name like wikitext:wikitext-2-raw-v1:train (default: the bundled corpus)"
+
+
+def _load_model(spec: str | None):
+    from .model import InterpretableModel
+
+    return InterpretableModel(spec or "default")
+
+
+def _texts(spec: str | None, max_texts: int | None = None) -> list[str]:
+    from .data import load_texts
+
+    return load_texts(spec, max_texts=max_texts)
+
+
+def _config(args):
+    from .sae.config import SAEConfig
+
+    fields = {
+        "expansion_factor": args.expansion_factor,
+        "k": args.k,
+        "architecture": args.architecture,
+        "num_epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "learning_rate": args.learning_rate,
+        "context_length": args.context_length,
+        "use_wandb": args.wandb,
+        "wandb_project": args.wandb_project,
+    }
+    return SAEConfig(**{k: v for k, v in fields.items() if v is not None})
+
+
+def _add_training_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", help=MODEL_HELP)
+    parser.add_argument("--dataset", help=DATASET_HELP)
+    parser.add_argument("--layer", type=int, help="block index (default: the middle layer)")
+    parser.add_argument("--component", default="output", choices=["output", "resid", "mlp", "attn"],
+                        help="hook point inside the block (default: output = residual stream)")
+    parser.add_argument("--expansion-factor", type=int, help="latents per input dimension (default 16)")
+    parser.add_argument("--k", type=int, help="active latents per token (default 32)")
+    parser.add_argument("--architecture", choices=["topk", "batchtopk", "relu"])
+    parser.add_argument("--epochs", type=int, help="passes over the training tokens")
+    parser.add_argument("--batch-size", type=int, help="tokens per training step (default 4096)")
+    parser.add_argument("--learning-rate", type=float, help="default: scaled with the number of latents")
+    parser.add_argument("--context-length", type=int, help="tokens per context (default 256)")
+    parser.add_argument("--max-tokens", type=int, help="cap on training tokens per epoch")
+    parser.add_argument("--cache-dir", help="where to cache activations (default: <out>/activation_cache)")
+    parser.add_argument("--wandb", action="store_true", default=None, help="log to Weights & Biases")
+    parser.add_argument("--wandb-project")
+
+
+def _train(args, out: Path, texts: list[str]):
+    model = _load_model(args.model)
+    layer = args.layer if args.layer is not None else model.n_layers // 2
+    sae = model.train_sae(
+        layer=layer,
+        dataset=texts,
+        component=args.component,
+        config=_config(args),
+        save_path=out,
+        cache_dir=args.cache_dir or out.parent / "activation_cache",
+        max_tokens=args.max_tokens,
+    )
+    return model, sae
+
+
+def cmd_train(args) -> None:
+    _, sae = _train(args, Path(args.out), _texts(args.dataset))
+    print(f"saved {sae.d_hidden}-latent SAE to {args.out}")
+
+
+def cmd_evaluate(args) -> None:
+    from .sae.evaluate import evaluate_sae
+
+    model = _load_model(args.model)
+    sae = model.load_sae(args.sae)
+    metrics = evaluate_sae(sae, model, _texts(args.dataset), n_tokens=args.n_tokens,
+                           n_ce_contexts=args.ce_contexts, progress=True)
+    print(json.dumps(metrics, indent=2))
+    if args.out:
+        from .io_utils import atomic_write_text
+
+        atomic_write_text(args.out, json.dumps(metrics, indent=2))
+
+
+def cmd_analyze(args) -> None:
+    model = _load_model(args.model)
+    sae = model.load_sae(args.sae)
+    print(sae.analyze_text(model, args.prompt, top_k=args.top_k))
+
+
+def _dashboard(model, sae, texts, out_dir: Path, n_tokens: int, serve: bool, port: int) -> Path:
+    from .features.report import collect_dashboard_data
+    from .viz.dashboard import serve_dashboard, write_dashboard
+
+    data = collect_dashboard_data(model, sae, texts, n_tokens=n_tokens)
+    index = write_dashboard(data, out_dir)
+    print(f"dashboard written to {index}")
+    if serve:
+        server = serve_dashboard(out_dir, port=port)
+        print(f"serving on http://127.0.0.1:{server.server_address[1]}/ (Ctrl-C to stop)")
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            server.shutdown()
+    return index
+
+
+def cmd_dashboard(args) -> None:
+    model = _load_model(args.model)
+    sae = model.load_sae(args.sae)
+    _dashboard(model, sae, _texts(args.dataset), Path(args.out), args.n_tokens, args.serve, args.port)
+
+
+def cmd_run(args) -> None:
+    """The main job: train on the default model and corpus, evaluate, write a dashboard."""
+    from .sae.evaluate import evaluate_sae
+    from .io_utils import atomic_write_text
+
+    from .sae.store import split_documents
+
+    out = Path(args.out)
+    texts = _texts(args.dataset)
+    if args.eval_dataset:
+        train_texts, eval_texts = texts, _texts(args.eval_dataset)
+    else:
+        train_texts, eval_texts = split_documents(texts, 0.1, seed=12345)
+    model, sae = _train(args, out / "sae.mlx", train_texts)
+    print(f"evaluating on {len(eval_texts)} held-out documents ...")
+    metrics = evaluate_sae(sae, model, eval_texts, n_tokens=args.eval_tokens, progress=True)
+    atomic_write_text(out / "eval.json", json.dumps(metrics, indent=2))
+    print(json.dumps(metrics, indent=2))
+    _dashboard(model, sae, texts, out / "dashboard", args.dashboard_tokens, args.serve, args.port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mlxterp", description="Interpretability for MLX language models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="train an SAE, evaluate it and write a dashboard (the main job)")
+    _add_training_args(run)
+    run.add_argument("--out", default="runs/default", help="output folder (default runs/default)")
+    run.add_argument("--eval-dataset", help="text to evaluate on (default: 10%% of --dataset's documents, held out from training)")
+    run.add_argument("--eval-tokens", type=int, default=20_000)
+    run.add_argument("--dashboard-tokens", type=int, default=50_000)
+    run.add_argument("--serve", action="store_true", help="serve the dashboard on localhost afterwards")
+    run.add_argument("--port", type=int, default=8000)
+    run.set_defaults(func=cmd_run)
+
+    train = sub.add_parser("train", help="train an SAE on one layer's activations")
+    _add_training_args(train)
+    train.add_argument("--out", required=True, help="where to save the SAE, e.g. my_sae.mlx")
+    train.set_defaults(func=cmd_train)
+
+    evaluate = sub.add_parser("evaluate", help="reconstruction and downstream metrics of a saved SAE")
+    evaluate.add_argument("sae", help="a saved SAE (e.g. my_sae.mlx)")
+    evaluate.add_argument("--model", help=MODEL_HELP)
+    evaluate.add_argument("--dataset", help=DATASET_HELP)
+    evaluate.add_argument("--n-tokens", type=int, default=20_000)
+    evaluate.add_argument("--ce-contexts", type=int, default=16)
+    evaluate.add_argument("--out", help="also write the metrics to this JSON file")
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    dashboard = sub.add_parser("dashboard", help="write (and optionally serve) a feature dashboard")
+    dashboard.add_argument("sae", help="a saved SAE (e.g. my_sae.mlx)")
+    dashboard.add_argument("--model", help=MODEL_HELP)
+    dashboard.add_argument("--dataset", help=DATASET_HELP)
+    dashboard.add_argument("--out", default="dashboard", help="output folder (default ./dashboard)")
+    dashboard.add_argument("--n-tokens", type=int, default=50_000, help="tokens to scan for examples")
+    dashboard.add_argument("--serve", action="store_true", help="serve on localhost after writing")
+    dashboard.add_argument("--port", type=int, default=8000, help="port (0 = any free port)")
+    dashboard.set_defaults(func=cmd_dashboard)
+
+    analyze = sub.add_parser("analyze", help="the top features of a prompt, per token and overall")
+    analyze.add_argument("sae", help="a saved SAE (e.g. my_sae.mlx)")
+    analyze.add_argument("prompt")
+    analyze.add_argument("--model", help=MODEL_HELP)
+    analyze.add_argument("--top-k", type=int, default=10)
+    analyze.set_defaults(func=cmd_analyze)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except MlxterpError as error:
+        print(f"mlxterp: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
