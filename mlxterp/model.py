@@ -13,6 +13,8 @@ from .tracing import Envoy, EnvoyList, Interventions, Port, Trace
 
 if TYPE_CHECKING:
     from .generation import Generation
+    from .sae.config import SAEConfig
+    from .sae.model import SAE
 
 
 class InterpretableModel:
@@ -198,6 +200,39 @@ class InterpretableModel:
         from .generation import Generation
 
         return Generation(self, prompt, max_tokens, temperature, seed, chat, stop_at_eos)
+
+    # -- sparse autoencoders --------------------------------------------------------------
+    def train_sae(
+        self,
+        layer: int,
+        dataset: Any = None,
+        component: str = "mlp",
+        config: "SAEConfig | None" = None,
+        save_path: str | None = None,
+        cache_dir: str | None = None,
+        max_tokens: int | None = None,
+        progress: bool = True,
+    ) -> "SAE":
+        """Train an SAE on the activations of (`layer`, `component`) over `dataset`.
+
+        `dataset`: a list of texts, a .txt file or folder, a Hugging Face dataset or its name,
+        or None for the bundled corpus. `component`: "mlp", "attn" or "output" (residual
+        stream). `config`: an `SAEConfig` (defaults documented in docs/sae.md). With
+        `save_path` the SAE is saved there (with checkpoints on the way, resumed if present);
+        with `cache_dir` activations are cached on disk. `max_tokens` caps tokens per epoch.
+        """
+        from .sae.pipeline import train_sae_on_model
+
+        return train_sae_on_model(self, layer, dataset, component, config, save_path, cache_dir,
+                                  max_tokens, progress)
+
+    def load_sae(
+        self, path: str, layer: int | None = None, component: str | None = None, strict: bool = True
+    ) -> "SAE":
+        """Load a saved SAE, refusing one trained on another model (or layer/component, if given)."""
+        from .sae.pipeline import load_sae_for_model
+
+        return load_sae_for_model(self, path, layer, component, strict)
 
     def _enter(self, interventions: Interventions) -> None:
         if self._interventions is not None:

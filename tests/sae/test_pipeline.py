@@ -1,0 +1,90 @@
+"""model.train_sae / model.load_sae on a tiny model: metadata, validation, caching, wrong-model errors."""
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from mlxterp import InterpretableModel
+from mlxterp.errors import DataError, SAEError, TraceError
+from mlxterp.sae.config import SAEConfig
+from mlxterp.sae.model import SAE
+from tiny_models import byte_tokenizer, tiny_model
+
+TEXTS = [f"document {i}: " + "some words here and there " * (3 + i % 5) for i in range(120)]
+CONFIG = SAEConfig(expansion_factor=4, k=8, batch_size=256, context_length=64, num_epochs=2)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return InterpretableModel((tiny_model("llama", seed=4), byte_tokenizer()), name="tiny-llama")
+
+
+@pytest.fixture(scope="module")
+def trained(model, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("sae")
+    path = folder / "my_sae.mlx"
+    sae = model.train_sae(layer=1, dataset=TEXTS, component="mlp", config=CONFIG, save_path=str(path),
+                          cache_dir=folder / "cache", progress=False)
+    return sae, path
+
+
+def test_train_sae_records_where_it_was_trained(trained, model):
+    sae, path = trained
+    meta = sae.metadata
+    assert (meta["model_name"], meta["layer"], meta["component"]) == ("tiny-llama", 1, "mlp")
+    assert meta["hook_path"] == "model.layers.1.mlp"
+    assert meta["drop_first_tokens"] == 1
+    assert meta["n_val_documents"] == 6
+    final = meta["training"]["final_metrics"]
+    assert final["val/explained_variance"] > 0.5
+    assert final["l0"] == pytest.approx(8.0)
+    assert path.exists()
+
+
+def test_seed_003_snippet_encode_decode(trained, model):
+    _, path = trained
+    sae = model.load_sae(str(path))
+    assert sae.is_compatible(model, layer=1, component="mlp")
+    assert not sae.is_compatible(model, layer=0, component="mlp")
+    with model.trace("Test input") as trace:
+        pass
+    activation = trace.activations["model.layers.1.mlp"]
+    features = sae.encode(activation)
+    assert features.shape == (1, len("Test input"), sae.d_hidden)
+    assert int(mx.sum(features[0, -1] != 0)) == 8
+    reconstructed = sae.decode(features)
+    assert reconstructed.shape == activation.shape
+
+
+def test_load_refuses_another_layer_or_model(trained, model):
+    _, path = trained
+    with pytest.raises(SAEError, match="layer 1 .asked for 0"):
+        model.load_sae(str(path), layer=0)
+    with pytest.raises(SAEError, match="component 'mlp'"):
+        model.load_sae(str(path), component="attn")
+    other = InterpretableModel((tiny_model("llama", seed=5), byte_tokenizer()), name="other-model")
+    with pytest.raises(SAEError, match="model 'tiny-llama'"):
+        other.load_sae(str(path))
+    assert other.load_sae(str(path), strict=False).d_model == other.d_model
+
+
+
+def test_load_refuses_an_sae_of_another_width(model, tmp_path):
+    narrow = SAE(d_model=32, d_hidden=64, k=4)
+    narrow.metadata.update({"model_name": "tiny-llama", "layer": 1, "component": "mlp"})
+    narrow.save(tmp_path / "narrow.mlx")
+    with pytest.raises(SAEError, match="32-dim activations but tiny-llama has d_model=64"):
+        model.load_sae(str(tmp_path / "narrow.mlx"))
+
+
+def test_train_sae_bad_input(model, tmp_path):
+    with pytest.raises(DataError, match="empty"):
+        model.train_sae(layer=1, dataset=[], config=CONFIG, progress=False)
+    with pytest.raises(TraceError, match="out of range"):
+        model.train_sae(layer=9, dataset=TEXTS, config=CONFIG, progress=False)
+    with pytest.raises(DataError, match="fewer than one context"):
+        model.train_sae(layer=1, dataset=["too short"], config=CONFIG, progress=False)
+    eos = model.tokenizer.decode([model.pad_token_id])
+    with pytest.raises(DataError, match="no usable tokens"):
+        model.train_sae(layer=1, dataset=[eos * 100] * 30, config=CONFIG, progress=False)
+    assert list(tmp_path.iterdir()) == []
