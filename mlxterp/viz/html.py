@@ -22,7 +22,7 @@ META_KEYS = ("model", "layer", "component", "d_model", "d_hidden", "n_tokens")
 _MARKER = re.compile(r"\{\{(\w+)\}\}")
 # Inside a <script>, "</script>" or "<!--" in a string would end or confuse the element; these
 # characters only occur inside JSON strings, where their \u escapes mean the same.
-_SCRIPT_ESCAPES = {ord("<"): "\\u003c", ord(">"): "\\u003e", ord("&"): "\\u0026"}
+_SCRIPT_ESCAPES = (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"))
 
 
 class VizError(MlxterpError, ValueError):
@@ -50,7 +50,9 @@ def _jsonable(value: Any) -> Any:
 def script_json(value: Any) -> str:
     """`value` as an ASCII JavaScript literal that is safe inside an HTML <script> element."""
     text = json.dumps(value, ensure_ascii=True, separators=(",", ":"), default=_jsonable)
-    return text.translate(_SCRIPT_ESCAPES)
+    for char, escape in _SCRIPT_ESCAPES:  # str.replace is much faster than str.translate on large text
+        text = text.replace(char, escape)
+    return text
 
 
 def validate_record(record: Mapping[str, Any]) -> None:

@@ -66,14 +66,16 @@
   function exampleRow(example, featureMax) {
     const acts = example.activations || [];
     const scale = featureMax > 0 ? featureMax : Math.max(0, ...acts) || 1;
-    const tokens = (example.tokens || []).map((token, i) => {
+    const tokens = (example.tokens || []).flatMap((token, i, all) => {
       const act = acts[i] ?? 0;
       const alpha = Math.max(0, Math.min(1, act / scale));
-      return el("span", {
+      const span = el("span", {
         class: i === example.peak ? "tok peak" : "tok",
         style: alpha > 0 ? `background-color: rgba(${HIGHLIGHT}, ${alpha.toFixed(3)})` : null,
         "data-act": fmtNum(act),
       }, visibleText(token));
+      // Spaces are drawn as "·", so the browser sees no word breaks: offer one where a word starts.
+      return i > 0 && (/^\s/.test(token) || /\s$/.test(all[i - 1])) ? [el("wbr"), span] : [span];
     });
     return el("div", { class: "example" }, [
       el("span", { class: "ex-max", title: "highest activation in this example", text: fmtNum(example.max_activation) }),
