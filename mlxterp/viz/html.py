@@ -70,7 +70,7 @@ def validate_record(record: Mapping[str, Any]) -> None:
         )
 
 
-def page_title(record: Mapping[str, Any]) -> str:
+def _page_title(record: Mapping[str, Any]) -> str:
     """'Feature 12 · label · mlxterp' (plain text)."""
     label = f" · {record['label']}" if record.get("label") else ""
     return f"Feature {record['index']}{label} · mlxterp"
@@ -82,7 +82,7 @@ def render_feature_page(record: dict, meta: dict) -> str:
     meta_part = {key: meta[key] for key in META_KEYS if key in (meta or {})}
     return fill_template(
         read_template("page.html"),
-        title=html.escape(page_title(record)),
+        title=html.escape(_page_title(record)),
         css=read_template("style.css"),
         data=script_json({"record": record, "meta": meta_part}),
         feature_js=read_template("feature.js"),

@@ -196,5 +196,5 @@
     return el("article", { class: "feature", "data-feature": record.index }, [header, el("div", { class: "fgrid" }, [side, main])]);
   }
 
-  window.MlxterpViz = { el, chip, fmtNum, fmtPct, histogram, metaLine, renderFeature, visibleText };
+  window.MlxterpViz = { el, chip, fmtNum, fmtPct, histogram, metaLine, renderFeature };
 })();
