@@ -1,0 +1,207 @@
+"""SAEConfig: every setting of an SAE and its training run, validated on construction."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import SAEError
+
+ARCHITECTURES = ("topk", "batchtopk", "relu")
+NORMALIZATION_SCHEMES = ("none", "expected_norm", "standardize", "unit_norm")
+LR_SCHEDULES = ("cosine", "constant")
+B_DEC_INITS = ("geometric_median", "mean", "zeros")
+MAX_DEAD_TOKENS_THRESHOLD = 1 << 30
+
+
+def resolve_normalization(normalize_input: bool | str) -> str:
+    """The scheme name `normalize_input` stands for: True -> "expected_norm", False -> "none"."""
+    if normalize_input is True:
+        return "expected_norm"
+    if normalize_input is False:
+        return "none"
+    if isinstance(normalize_input, str) and normalize_input in NORMALIZATION_SCHEMES:
+        return normalize_input
+    raise SAEError(
+        f"normalize_input={normalize_input!r} is not a normalization: use True (= 'expected_norm'), "
+        f"False (= 'none') or one of {', '.join(repr(s) for s in NORMALIZATION_SCHEMES)}"
+    )
+
+
+@dataclass(frozen=True)
+class SAEConfig:
+    """Settings of an SAE (shape, sparsity) and of its training run (optimizer, schedule, data).
+
+    `batch_size` counts tokens (activation vectors), not texts. docs/sae.md explains every default.
+    """
+
+    # Shape and sparsity
+    expansion_factor: int = 16
+    k: int = 32
+    architecture: str = "topk"
+    tied_weights: bool = False
+    normalize_input: bool | str = True
+    b_dec_init: str = "geometric_median"
+    # Loss
+    l1_coefficient: float = 0.1
+    auxk_coefficient: float = 1 / 32
+    k_aux: int | None = None
+    dead_tokens_threshold: int = 1_000_000
+    resample_dead_every: int | None = None
+    # Optimization
+    learning_rate: float | None = None
+    lr_schedule: str = "cosine"
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1
+    gradient_clip: float | None = 1.0
+    num_epochs: int = 1
+    batch_size: int = 4096
+    validation_split: float = 0.05
+    seed: int = 0
+    # Data (recorded in the SAE's metadata; the activation store applies them)
+    context_length: int = 256
+    drop_first_tokens: int = 1
+    drop_special_tokens: bool = True
+    # Bookkeeping
+    log_every: int = 25
+    checkpoint_every: int | None = 1000
+    use_wandb: bool = False
+    wandb_project: str | None = None
+    wandb_name: str | None = None
+    wandb_tags: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        _positive_int(self, "expansion_factor")
+        _positive_int(self, "k")
+        _choice(self, "architecture", ARCHITECTURES)
+        _bool(self, "tied_weights")
+        resolve_normalization(self.normalize_input)
+        _choice(self, "b_dec_init", B_DEC_INITS)
+        _non_negative_float(self, "l1_coefficient")
+        _non_negative_float(self, "auxk_coefficient")
+        _positive_int(self, "k_aux", optional=True)
+        _positive_int(self, "dead_tokens_threshold")
+        if self.dead_tokens_threshold > MAX_DEAD_TOKENS_THRESHOLD:
+            raise SAEError(f"dead_tokens_threshold must be at most {MAX_DEAD_TOKENS_THRESHOLD}, "
+                           f"got {self.dead_tokens_threshold}")
+        _positive_int(self, "resample_dead_every", optional=True)
+        if self.learning_rate is not None:
+            _positive_float(self, "learning_rate")
+        _choice(self, "lr_schedule", LR_SCHEDULES)
+        _non_negative_int(self, "warmup_steps")
+        _non_negative_float(self, "min_lr_ratio")
+        if self.min_lr_ratio > 1:
+            raise SAEError(f"min_lr_ratio is the LR floor as a fraction of the peak: use a value in "
+                           f"[0, 1], got {self.min_lr_ratio}")
+        if self.gradient_clip is not None:
+            _positive_float(self, "gradient_clip")
+        _positive_int(self, "num_epochs")
+        _positive_int(self, "batch_size")
+        _non_negative_float(self, "validation_split")
+        if self.validation_split >= 1:
+            raise SAEError(f"validation_split is a fraction of the data: use a value in [0, 1), "
+                           f"got {self.validation_split}")
+        _int(self, "seed")
+        _positive_int(self, "context_length")
+        _non_negative_int(self, "drop_first_tokens")
+        if self.drop_first_tokens >= self.context_length:
+            raise SAEError(f"drop_first_tokens={self.drop_first_tokens} would drop every token of a "
+                           f"context of context_length={self.context_length}: lower it")
+        _bool(self, "drop_special_tokens")
+        _positive_int(self, "log_every")
+        _positive_int(self, "checkpoint_every", optional=True)
+        _bool(self, "use_wandb")
+        for name in ("wandb_project", "wandb_name"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                raise SAEError(f"{name} must be a string or None, got {getattr(self, name)!r}")
+        tags = self.wandb_tags
+        if isinstance(tags, str) or not all(isinstance(t, str) for t in tags):
+            raise SAEError(f"wandb_tags must be a list of strings, e.g. ['sae', 'layer10'], got {tags!r}")
+        object.__setattr__(self, "wandb_tags", tuple(tags))
+
+    @property
+    def normalization(self) -> str:
+        """The input normalization scheme `normalize_input` stands for."""
+        return resolve_normalization(self.normalize_input)
+
+    def d_hidden(self, d_model: int) -> int:
+        """Number of latents for inputs of width `d_model`."""
+        return d_model * self.expansion_factor
+
+    def resolved_learning_rate(self, d_hidden: int) -> float:
+        """`learning_rate`, or when None sparsify's 2e-4 / sqrt(d_hidden / 2**14)."""
+        if self.learning_rate is not None:
+            return self.learning_rate
+        return 2e-4 / math.sqrt(d_hidden / 2**14)
+
+    def resolved_k_aux(self, d_model: int) -> int:
+        """`k_aux`, or when None d_model // 2 (Gao et al.), at most the number of latents."""
+        k_aux = self.k_aux if self.k_aux is not None else max(1, d_model // 2)
+        return min(k_aux, self.d_hidden(d_model))
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict of every field."""
+        out = dataclasses.asdict(self)
+        out["wandb_tags"] = list(self.wandb_tags)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SAEConfig":
+        """The config `to_dict` wrote; unknown keys are refused with their names."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise SAEError(f"unknown SAEConfig fields {unknown}: valid fields are {sorted(names)}")
+        return cls(**data)
+
+
+def _int(cfg: SAEConfig, name: str) -> None:
+    value = getattr(cfg, name)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SAEError(f"{name} must be an integer, got {value!r}")
+
+
+def _positive_int(cfg: SAEConfig, name: str, optional: bool = False) -> None:
+    value = getattr(cfg, name)
+    if optional and value is None:
+        return
+    _int(cfg, name)
+    if value < 1:
+        hint = " (or None to turn it off)" if optional else ""
+        raise SAEError(f"{name} must be a positive integer{hint}, got {value}")
+
+
+def _non_negative_int(cfg: SAEConfig, name: str) -> None:
+    _int(cfg, name)
+    if getattr(cfg, name) < 0:
+        raise SAEError(f"{name} must be >= 0, got {getattr(cfg, name)}")
+
+
+def _float(cfg: SAEConfig, name: str) -> float:
+    value = getattr(cfg, name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise SAEError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _positive_float(cfg: SAEConfig, name: str) -> None:
+    if _float(cfg, name) <= 0:
+        raise SAEError(f"{name} must be > 0, got {getattr(cfg, name)}")
+
+
+def _non_negative_float(cfg: SAEConfig, name: str) -> None:
+    if _float(cfg, name) < 0:
+        raise SAEError(f"{name} must be >= 0, got {getattr(cfg, name)}")
+
+
+def _bool(cfg: SAEConfig, name: str) -> None:
+    if not isinstance(getattr(cfg, name), bool):
+        raise SAEError(f"{name} must be True or False, got {getattr(cfg, name)!r}")
+
+
+def _choice(cfg: SAEConfig, name: str, choices: tuple[str, ...]) -> None:
+    if getattr(cfg, name) not in choices:
+        raise SAEError(f"{name}={getattr(cfg, name)!r} is not supported: use one of "
+                       f"{', '.join(repr(c) for c in choices)}")

@@ -1,0 +1,173 @@
+"""SAE files: one safetensors file with a JSON header naming its format, version and metadata.
+
+Layout (format "mlxterp.sae", version 1; docs/sae.md "File format"):
+  tensors  W_enc (d_hidden, d_model), b_enc (d_hidden,), W_dec (d_hidden, d_model) unless tied,
+           b_dec (d_model,), threshold (), norm_stats.<name> (normalization statistics)
+  header   format, format_version, sae (JSON: constructor arguments), metadata (JSON),
+           library_version, checksum (sha256 over every tensor's name, dtype, shape and bytes)
+The same container (`write_tensors` / `read_tensors`) holds training checkpoints and FeatureSets.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import mlx.core as mx
+import numpy as np
+from mlx.utils import tree_flatten, tree_unflatten
+from safetensors import safe_open
+from safetensors.numpy import load_file, save_file
+
+from ..errors import SAEError
+from ..io_utils import atomic_path
+
+if TYPE_CHECKING:
+    from .model import SAE
+
+SAE_FORMAT = "mlxterp.sae"
+SAE_FORMAT_VERSION = 1
+
+
+def library_version() -> str:
+    """mlxterp's version string (without importing the package a second time)."""
+    return getattr(sys.modules.get("mlxterp"), "__version__", "unknown")
+
+
+def checksum(tensors: dict[str, np.ndarray]) -> str:
+    """sha256 hex digest over the tensors' names, dtypes, shapes and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        arr = _c_order(tensors[name])
+        digest.update(f"{name}|{arr.dtype.str}|{arr.shape}|".encode())
+        digest.update(arr.tobytes())
+    return digest.hexdigest()
+
+
+def _c_order(value: Any) -> np.ndarray:
+    # Not np.ascontiguousarray: it turns 0-d arrays into shape (1,).
+    arr = np.asarray(value)
+    return arr if arr.flags.c_contiguous else np.ascontiguousarray(arr)
+
+
+def write_tensors(
+    path: str | os.PathLike, tensors: dict[str, Any], header: dict[str, Any], format_name: str, version: int
+) -> None:
+    """Atomically write `tensors` (name -> mx/np array) and a JSON-able `header` to one safetensors file."""
+    arrays = {name: _c_order(value) for name, value in tensors.items()}
+    try:
+        meta = {key: json.dumps(value) for key, value in header.items()}
+    except TypeError as exc:
+        raise SAEError(f"metadata must be JSON-able (numbers, strings, lists, dicts): {exc}") from None
+    meta.update(format=format_name, format_version=str(version), library_version=library_version(),
+                checksum=checksum(arrays))
+    with atomic_path(path) as tmp:
+        save_file(arrays, str(tmp), metadata=meta)
+
+
+def read_tensors(
+    path: str | os.PathLike, format_name: str, version: int, what: str
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """(tensors, header) of a file `write_tensors` wrote; anything else raises SAEError.
+
+    `what` names the kind of file in messages ("SAE", "checkpoint", "feature set").
+    """
+    path = Path(path)
+    if not path.exists():
+        raise SAEError(f"no {what} file at {path}: check the path (save one with .save(path))")
+    if path.is_dir():
+        raise SAEError(f"{path} is a directory; an mlxterp {what} is a single safetensors file")
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            meta = f.metadata() or {}
+        tensors = load_file(str(path))
+    except Exception as exc:
+        raise SAEError(
+            f"{path} is not a readable safetensors file ({exc}); it may be truncated or corrupt: "
+            f"save the {what} again"
+        ) from None
+    found = meta.get("format")
+    if found != format_name:
+        raise SAEError(
+            f"{path} is not an mlxterp {what} file (format {found!r}, expected {format_name!r}); "
+            + ("to use weights from another library, build an SAE and assign W_enc, b_enc, W_dec, b_dec"
+               if what == "SAE" else f"pass a file written by mlxterp's {what} save")
+        )
+    try:
+        found_version = int(meta.get("format_version", ""))
+    except ValueError:
+        raise SAEError(f"{path}: format_version {meta.get('format_version')!r} is not a number") from None
+    if found_version > version:
+        raise SAEError(
+            f"{path} has {what} format version {found_version}, newer than this mlxterp reads "
+            f"({version}): upgrade mlxterp (it was written by mlxterp {meta.get('library_version')})"
+        )
+    if meta.get("checksum") != checksum(tensors):
+        raise SAEError(f"{path} is corrupt: its tensors do not match the checksum in its header; "
+                       f"save the {what} again")
+    header: dict[str, Any] = {}
+    for key, value in meta.items():
+        if key in ("format", "format_version", "library_version", "checksum"):
+            header[key] = value
+            continue
+        try:
+            header[key] = json.loads(value)
+        except json.JSONDecodeError:
+            raise SAEError(f"{path} is corrupt: header entry {key!r} is not valid JSON") from None
+    return tensors, header
+
+
+def sae_tensors(sae: "SAE") -> dict[str, mx.array]:
+    """The SAE's arrays by flat name (W_enc, b_enc, [W_dec], b_dec, threshold, norm_stats.*)."""
+    return dict(tree_flatten(sae.parameters()))
+
+
+def sae_spec(sae: "SAE") -> dict[str, Any]:
+    """The constructor arguments that rebuild `sae`'s shape and kind."""
+    return {"d_model": sae.d_model, "d_hidden": sae.d_hidden, "k": sae.k, "architecture": sae.architecture,
+            "tied_weights": sae.tied_weights, "normalization": sae.normalization}
+
+
+def sae_from_parts(spec: dict[str, Any], tensors: dict[str, np.ndarray], path: Path | str) -> "SAE":
+    """Rebuild an SAE from `sae_spec` and `sae_tensors` output, checking every name and shape."""
+    from .model import SAE
+
+    try:
+        sae = SAE(**spec)
+    except (TypeError, SAEError) as exc:
+        raise SAEError(f"{path}: invalid SAE description {spec!r} ({exc})") from None
+    expected = sae_tensors(sae)
+    missing = sorted(set(expected) - set(tensors))
+    extra = sorted(set(tensors) - set(expected))
+    if missing or extra:
+        raise SAEError(f"{path} does not hold this SAE's tensors (missing {missing}, unexpected {extra}): "
+                       "the file is damaged or from another program")
+    for name, ref in expected.items():
+        if tuple(tensors[name].shape) != tuple(ref.shape):
+            raise SAEError(f"{path}: tensor {name} has shape {tuple(tensors[name].shape)}, expected "
+                           f"{tuple(ref.shape)} for {spec}")
+    sae.update(tree_unflatten([(name, mx.array(tensors[name]).astype(mx.float32)) for name in expected]))
+    return sae
+
+
+def save_sae(sae: "SAE", path: str | os.PathLike) -> None:
+    """Write `sae` to `path` (any suffix; ".mlx" and ".safetensors" are usual), atomically."""
+    sae.metadata["library_version"] = library_version()
+    sae._sync_metadata()
+    header = {"sae": sae_spec(sae), "metadata": sae.metadata}
+    write_tensors(path, sae_tensors(sae), header, SAE_FORMAT, SAE_FORMAT_VERSION)
+
+
+def load_sae(path: str | os.PathLike) -> "SAE":
+    """Read an SAE that `save_sae` wrote."""
+    tensors, header = read_tensors(path, SAE_FORMAT, SAE_FORMAT_VERSION, "SAE")
+    if not isinstance(header.get("sae"), dict):
+        raise SAEError(f"{path} lacks the 'sae' header entry describing its shape: save the SAE again")
+    sae = sae_from_parts(header["sae"], tensors, path)
+    if isinstance(header.get("metadata"), dict):
+        sae.metadata = header["metadata"]
+    return sae

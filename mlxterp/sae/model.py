@@ -1,0 +1,404 @@
+"""The sparse autoencoder: TopK (default), BatchTopK or ReLU+L1, with input normalization built in."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, NamedTuple
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from ..errors import SAEError
+from . import normalize as norm
+from .config import ARCHITECTURES, B_DEC_INITS, SAEConfig, resolve_normalization
+from .sparse_ops import sparse_decode, topk_encode
+
+# BatchTopK threshold: running mean of the per-batch threshold for the first 1/THRESHOLD_EMA
+# updates, then an EMA with this weight (forgets the estimates of early, untrained weights).
+THRESHOLD_EMA = 0.01
+
+
+class ForwardOutput(NamedTuple):
+    """Everything the training loss needs, in the normalized space, for n flattened tokens.
+
+    top_acts, top_indices: (n, k) kept activations and their latent ids (TopK). For "relu" and
+    "batchtopk" top_indices is None and top_acts is the dense (n, d_hidden) code matrix.
+    Scalars: l0 (mean active latents per token), mse (mean per element), fvu (squared error /
+    total variance of the batch), auxk_loss (0 without dead latents), l1 (mean summed activation
+    per token over the batch's RMS centred norm, so it is scale-free like fvu).
+    """
+
+    sae_out: mx.array
+    top_acts: mx.array
+    top_indices: mx.array | None
+    l0: mx.array
+    mse: mx.array
+    fvu: mx.array
+    auxk_loss: mx.array
+    l1: mx.array
+
+
+def unit_rows(w: mx.array) -> mx.array:
+    """`w` (rows, d) with every row scaled to unit L2 norm."""
+    return w / mx.maximum(mx.linalg.norm(w, axis=-1, keepdims=True), 1e-8)
+
+
+def remove_parallel_component(grad: mx.array, w: mx.array) -> mx.array:
+    """`grad` (rows, d) minus its component along each unit-norm row of `w`.
+
+    A step along it leaves the row norms unchanged to first order, so Adam's update does not
+    fight the unit-norm constraint (Bricken et al. 2023; sparsify).
+    """
+    return grad - mx.sum(grad * w, axis=-1, keepdims=True) * w
+
+
+def geometric_median(points: mx.array, max_iter: int = 100, tol: float = 1e-6) -> mx.array:
+    """Geometric median (d,) of `points` (n, d) by Weiszfeld iterations, started at the mean."""
+    points = points.astype(mx.float32)
+    guess = mx.mean(points, axis=0)
+    for _ in range(max_iter):
+        dist = mx.maximum(mx.linalg.norm(points - guess, axis=-1), 1e-8)
+        weights = 1.0 / dist
+        new = mx.sum(weights[:, None] * points, axis=0) / mx.sum(weights)
+        shift = float(mx.linalg.norm(new - guess))
+        guess = new
+        if shift <= tol * max(1.0, float(mx.linalg.norm(guess))):
+            break
+    return guess
+
+
+def latent_totals(
+    top_acts: mx.array, top_indices: mx.array | None, d_hidden: int
+) -> tuple[mx.array, mx.array, mx.array]:
+    """Per latent (d_hidden,): tokens it fired on, sum and max of its activations.
+
+    `top_acts`/`top_indices` are (n, k) as in ForwardOutput, or dense (n, d_hidden) with None.
+    """
+    if top_indices is None:
+        active = (top_acts > 0).astype(mx.float32)
+        return mx.sum(active, axis=0), mx.sum(top_acts, axis=0), mx.max(top_acts, axis=0)
+    idx = top_indices.reshape(-1)
+    acts = top_acts.reshape(-1)
+    zeros = mx.zeros((d_hidden,), dtype=mx.float32)
+    return (
+        zeros.at[idx].add((acts > 0).astype(mx.float32)),
+        zeros.at[idx].add(acts),
+        zeros.at[idx].maximum(acts),
+    )
+
+
+class Reconstruction(NamedTuple):
+    """Inference pass: reconstruction (..., d_model) on the raw scale, and the codes that made it
+    (top_acts/top_indices (n, k) for TopK; dense (n, d_hidden) top_acts and None otherwise)."""
+
+    reconstruction: mx.array
+    top_acts: mx.array
+    top_indices: mx.array | None
+
+
+class SAE(nn.Module):
+    """Sparse autoencoder on raw activations (..., d_model) with d_hidden latents.
+
+    Parameters: W_enc (d_hidden, d_model), b_enc (d_hidden,), W_dec (d_hidden, d_model) with
+    unit-norm rows (with `tied_weights` the decoder is W_enc itself), b_dec (d_model,), and
+    frozen state: `threshold` (BatchTopK's inference threshold) and `norm_stats` (input
+    normalization). `encode` normalizes its input and `decode` undoes it, so callers always
+    work with raw activations.
+
+    >>> sae = SAE(d_model=576, d_hidden=9216, k=32)
+    >>> codes = sae.encode(acts)        # (..., 9216), 32 nonzeros per token
+    >>> recon = sae.decode(codes)       # (..., 576), raw activation scale
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        d_hidden: int,
+        k: int = 32,
+        architecture: str = "topk",
+        tied_weights: bool = False,
+        normalization: str | bool = "none",
+        seed: int = 0,
+    ):
+        super().__init__()
+        for name, value in (("d_model", d_model), ("d_hidden", d_hidden), ("k", k)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise SAEError(f"{name} must be a positive integer, got {value!r}")
+        if k > d_hidden:
+            raise SAEError(f"k={k} exceeds d_hidden={d_hidden}: lower k or raise expansion_factor")
+        if architecture not in ARCHITECTURES:
+            raise SAEError(f"architecture={architecture!r} is not supported: use one of {ARCHITECTURES}")
+        self.k = k
+        self.architecture = architecture
+        self.tied_weights = bool(tied_weights)
+        self.normalization = resolve_normalization(normalization)
+
+        decoder = unit_rows(mx.random.normal((d_hidden, d_model), key=mx.random.key(seed)))
+        self.W_enc = decoder
+        self.b_enc = mx.zeros((d_hidden,))
+        if not self.tied_weights:
+            self["W_dec"] = mx.array(decoder)
+        self.b_dec = mx.zeros((d_model,))
+        self.threshold = mx.array(0.0)
+        self.norm_stats = norm.identity_stats(self.normalization, d_model)
+        self.freeze(keys=["threshold", "norm_stats"], recurse=False)
+        object.__setattr__(self, "_metadata", {})
+        self._sync_metadata()
+
+    # -- construction --------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, d_model: int, config: SAEConfig) -> "SAE":
+        """An untrained SAE of the shape and kind `config` asks for, inputs of width `d_model`."""
+        sae = cls(
+            d_model,
+            config.d_hidden(d_model),
+            k=config.k,
+            architecture=config.architecture,
+            tied_weights=config.tied_weights,
+            normalization=config.normalization,
+            seed=config.seed,
+        )
+        sae.metadata.update(
+            context_length=config.context_length,
+            drop_first_tokens=config.drop_first_tokens,
+            drop_special_tokens=config.drop_special_tokens,
+        )
+        return sae
+
+    def fit_normalization(self, sample: mx.array) -> None:
+        """Estimate the input normalization statistics from `sample` (..., d_model) raw activations."""
+        self._check_width(sample)
+        self.norm_stats = norm.fit_normalizer(self.normalization, sample)
+        self._sync_metadata()
+
+    def init_b_dec(self, sample: mx.array, method: str = "geometric_median") -> None:
+        """Set b_dec from `sample` (..., d_model) raw activations: "geometric_median", "mean" or "zeros"."""
+        if method not in B_DEC_INITS:
+            raise SAEError(f"b_dec_init={method!r} is not supported: use one of {B_DEC_INITS}")
+        self._check_width(sample)
+        x, _ = norm.normalize(self.normalization, self.norm_stats, self._flat(sample))
+        if method == "geometric_median":
+            self.b_dec = geometric_median(x)
+        elif method == "mean":
+            self.b_dec = mx.mean(x, axis=0)
+        else:
+            self.b_dec = mx.zeros((self.d_model,))
+
+    def initialize_geometric_median(self, sample: mx.array) -> None:
+        """Centre the SAE on `sample` (..., d_model): b_dec = its geometric median (normalized space)."""
+        self.init_b_dec(sample, "geometric_median")
+
+    # -- shape and metadata --------------------------------------------------------------
+    @property
+    def d_model(self) -> int:
+        return int(self.b_dec.shape[0])
+
+    @property
+    def d_hidden(self) -> int:
+        return int(self.b_enc.shape[0])
+
+    @property
+    def W_dec(self) -> mx.array:
+        """(d_hidden, d_model) decoder; row i is feature i's unit-norm direction (W_enc when tied)."""
+        return self["W_enc"] if self.tied_weights else self["W_dec"]
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """Provenance dict (layer, component, model_name, d_model, d_hidden, k, architecture,
+        normalization summary, training stats, ...); edit it in place or assign a new dict."""
+        return self._metadata
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        # nn.Module would file a dict under its parameters; metadata is plain provenance.
+        if key != "metadata":
+            return super().__setattr__(key, value)
+        if not isinstance(value, dict):
+            raise SAEError(f"metadata must be a dict, got {type(value).__name__}")
+        object.__setattr__(self, "_metadata", dict(value))
+        self._sync_metadata()
+
+    def _sync_metadata(self) -> None:
+        for key in ("model_name", "layer", "component"):
+            self._metadata.setdefault(key, None)
+        self._metadata.update(
+            d_model=self.d_model,
+            d_hidden=self.d_hidden,
+            k=self.k,
+            architecture=self.architecture,
+            tied_weights=self.tied_weights,
+            normalization=norm.summarize(self.normalization, self.norm_stats),
+        )
+
+    def is_compatible(self, model: Any, layer: int | None = None, component: str | None = None) -> bool:
+        """True when this SAE was trained on `model` (its `.name` and `.d_model`) at `layer`/`component`.
+
+        `layer`/`component` left None are not checked; components compare by meaning
+        ("attn" == "self_attn", "output" == "resid").
+        """
+        from ..anatomy import canonical_component
+
+        meta = self._metadata
+        if getattr(model, "name", None) != meta.get("model_name"):
+            return False
+        if getattr(model, "d_model", self.d_model) != self.d_model:
+            return False
+        if layer is not None:
+            n_layers = getattr(model, "n_layers", None)
+            if meta.get("layer") is None:
+                return False
+            want, have = int(layer), int(meta["layer"])
+            if isinstance(n_layers, int) and n_layers > 0:
+                want, have = want % n_layers, have % n_layers
+            if want != have:
+                return False
+        if component is not None:
+            if meta.get("component") is None:
+                return False
+            return canonical_component(component) == canonical_component(meta["component"])
+        return True
+
+    # -- inference -----------------------------------------------------------------------
+    def encode(self, x: mx.array) -> mx.array:
+        """Raw activations (..., d_model) -> dense codes (..., d_hidden), mostly zeros.
+
+        TopK keeps exactly k per token; BatchTopK keeps latents above its learned `threshold`
+        (so a token's code never depends on the rest of the batch); ReLU keeps positives.
+        """
+        self._check_width(x)
+        acts, idx = self._codes(self._centred(self._flat(x)))
+        if idx is not None:
+            acts = mx.put_along_axis(mx.zeros((acts.shape[0], self.d_hidden)), idx, acts, axis=-1)
+        return acts.reshape(*x.shape[:-1], self.d_hidden)
+
+    def encode_sparse(self, x: mx.array) -> tuple[mx.array, mx.array]:
+        """TopK only: raw activations (..., d_model) -> (acts, indices), each (..., k)."""
+        if self.architecture != "topk":
+            raise SAEError(f"encode_sparse needs a 'topk' SAE, this one is {self.architecture!r}: use encode")
+        self._check_width(x)
+        acts, idx = self._codes(self._centred(self._flat(x)))
+        return acts.reshape(*x.shape[:-1], self.k), idx.reshape(*x.shape[:-1], self.k)
+
+    def decode(self, codes: mx.array, token_norm: mx.array | None = None) -> mx.array:
+        """Dense codes (..., d_hidden) -> reconstruction (..., d_model) on the raw activation scale.
+
+        Only "unit_norm" SAEs need `token_norm` (..., 1), the input's own norm (`self.token_norm(x)`).
+        """
+        if codes.shape[-1] != self.d_hidden:
+            raise SAEError(f"codes have {codes.shape[-1]} latents but this SAE has d_hidden={self.d_hidden}")
+        y = codes.astype(mx.float32) @ self.W_dec + self.b_dec
+        return norm.denormalize(self.normalization, self.norm_stats, y, token_norm)
+
+    def token_norm(self, x: mx.array) -> mx.array | None:
+        """(..., 1) per-token norm that "unit_norm" divides by; None for other schemes."""
+        _, token_norm = norm.normalize(self.normalization, self.norm_stats, mx.array(x).astype(mx.float32))
+        return token_norm
+
+    def __call__(self, x: mx.array) -> mx.array:
+        """Reconstruction (..., d_model) of raw activations `x` (..., d_model), in float32."""
+        return self.reconstruct(x).reconstruction
+
+    def reconstruct(self, x: mx.array) -> Reconstruction:
+        """Inference pass over raw activations (..., d_model): reconstruction plus sparse codes."""
+        self._check_width(x)
+        x_n, token_norm = norm.normalize(self.normalization, self.norm_stats, self._flat(x))
+        acts, idx = self._codes(x_n - self.b_dec)
+        y = (acts @ self.W_dec if idx is None else sparse_decode(acts, idx, self.W_dec)) + self.b_dec
+        y = norm.denormalize(self.normalization, self.norm_stats, y, token_norm)
+        return Reconstruction(y.reshape(x.shape), acts, idx)
+
+    def _codes(self, centred: mx.array) -> tuple[mx.array, mx.array | None]:
+        """Inference codes of (n, d_model) centred inputs: (acts, indices) (n, k), or dense and None."""
+        if self.architecture == "topk":
+            return topk_encode(centred, self.W_enc, self.b_enc, self.k)
+        acts = self._pre_acts(centred)
+        if self.architecture == "batchtopk":
+            acts = mx.where(acts > self.threshold, acts, 0.0)
+        return acts, None
+
+    # -- training ------------------------------------------------------------------------
+    def forward(self, x: mx.array, dead_mask: mx.array | None = None, k_aux: int | None = None) -> ForwardOutput:
+        """Training pass over raw activations (..., d_model), flattened to n tokens.
+
+        `dead_mask` (d_hidden,) bool marks dead latents; with it, the top `k_aux` of their
+        pre-activations must reconstruct the residual (AuxK, Gao et al. 2024), scaled by
+        min(n_dead / k_aux, 1). BatchTopK keeps the top n*k activations of the whole batch.
+        """
+        flat = self._flat(x)
+        x_n, _ = norm.normalize(self.normalization, self.norm_stats, flat)
+        centred = x_n - self.b_dec
+        n = x_n.shape[0]
+        if self.architecture == "topk":
+            acts, idx = topk_encode(centred, self.W_enc, self.b_enc, self.k)
+            sae_out = sparse_decode(acts, idx, self.W_dec) + self.b_dec
+        else:
+            pre = self._pre_acts(centred)
+            acts, idx = (pre if self.architecture == "relu" else _batch_topk(pre, self.k)), None
+            sae_out = acts @ self.W_dec + self.b_dec
+        residual = x_n - sae_out
+        total_variance = mx.maximum(mx.sum(mx.square(x_n - mx.mean(x_n, axis=0))), 1e-12)
+        sq_error = mx.sum(mx.square(residual))
+        per_token_sum = mx.sum(acts, axis=-1)
+        auxk_loss = mx.array(0.0)
+        if dead_mask is not None and self.architecture != "relu":
+            k_aux = min(k_aux or max(1, self.d_model // 2), self.d_hidden)
+            e_hat = self._auxk_reconstruction(centred, dead_mask, k_aux, None if idx is not None else pre)
+            scale = mx.minimum(mx.sum(dead_mask).astype(mx.float32) / k_aux, 1.0)
+            auxk_loss = scale * mx.sum(mx.square(e_hat - mx.stop_gradient(residual))) / total_variance
+        return ForwardOutput(
+            sae_out=sae_out,
+            top_acts=acts,
+            top_indices=idx,
+            l0=mx.mean(mx.sum(acts > 0, axis=-1).astype(mx.float32)),
+            mse=sq_error / residual.size,
+            fvu=sq_error / total_variance,
+            auxk_loss=auxk_loss,
+            l1=mx.mean(per_token_sum) / mx.sqrt(total_variance / n),
+        )
+
+    def _auxk_reconstruction(self, centred: mx.array, dead_mask: mx.array, k_aux: int, pre: mx.array | None):
+        # Dense on purpose: with k_aux ~ d_model / 2, a gather of k_aux decoder rows per token
+        # costs more than one dense matmul, and this pass only runs while latents are dead.
+        if pre is None:
+            pre = self._pre_acts(centred)
+        masked = mx.where(dead_mask, pre, 0.0)
+        kth = mx.min(mx.topk(mx.stop_gradient(masked), k_aux, axis=-1), axis=-1, keepdims=True)
+        return mx.where(masked >= kth, masked, 0.0) @ self.W_dec
+
+    # -- persistence ---------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> None:
+        """Write this SAE (weights, normalization, metadata) to one safetensors file, atomically."""
+        from .io import save_sae
+
+        save_sae(self, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "SAE":
+        """Read an SAE that `save` wrote; foreign, corrupt or truncated files raise SAEError."""
+        from .io import load_sae
+
+        return load_sae(path)
+
+    # -- helpers -------------------------------------------------------------------------
+    def _pre_acts(self, centred: mx.array) -> mx.array:
+        return nn.relu(centred @ self.W_enc.T + self.b_enc)
+
+    def _centred(self, flat: mx.array) -> mx.array:
+        x_n, _ = norm.normalize(self.normalization, self.norm_stats, flat)
+        return x_n - self.b_dec
+
+    def _flat(self, x: mx.array) -> mx.array:
+        return mx.array(x).reshape(-1, self.d_model).astype(mx.float32)
+
+    def _check_width(self, x: Any) -> None:
+        if x.shape[-1] != self.d_model:
+            raise SAEError(
+                f"activations have width {x.shape[-1]} but this SAE has d_model={self.d_model}: "
+                "use the SAE trained on this layer/component and model"
+            )
+
+
+def _batch_topk(pre: mx.array, k: int) -> mx.array:
+    """Keep the n*k largest of the (n, d_hidden) non-negative `pre` over the whole batch."""
+    n_keep = min(pre.shape[0] * k, pre.size)
+    kth = mx.min(mx.topk(mx.stop_gradient(pre).reshape(-1), n_keep))
+    return mx.where(pre >= kth, pre, 0.0)
