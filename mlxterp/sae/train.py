@@ -348,6 +348,9 @@ class SAETrainer:
             return sum(math.prod(b.shape[:-1]) for b in train)
         if callable(train):
             return None
+        if isinstance(train, Iterator):
+            raise SAEError("training data is a one-pass iterator, which epochs and validation would exhaust: "
+                           "pass a callable returning a fresh iterable per epoch (e.g. lambda: store.batches(n))")
         raise SAEError(f"unsupported training data {type(train).__name__}: pass an array (n, d_model), "
                        "a list of arrays, or a callable returning an iterable of arrays per epoch")
 
