@@ -110,11 +110,8 @@ def _dashboard(model, sae, texts, out_dir: Path, n_tokens: int, serve: bool, por
     print(f"dashboard written to {index}")
     if serve:
         server = serve_dashboard(out_dir, port=port)
-        print(f"serving on http://127.0.0.1:{server.server_address[1]}/ (Ctrl-C to stop)")
-        try:
-            server.serve_forever()
-        except KeyboardInterrupt:
-            server.shutdown()
+        print(f"serving on {server.url} (Ctrl-C to stop)")
+        server.wait()
     return index
 
 

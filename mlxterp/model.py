@@ -234,6 +234,12 @@ class InterpretableModel:
 
         return load_sae_for_model(self, path, layer, component, strict)
 
+    def analyze_text(self, prompt: str, sae: "SAE", top_k: int = 10, **options: Any):
+        """The `top_k` features of `sae` on `prompt`, overall and per token (an AnalysisResult)."""
+        from .features.analysis import analyze_text
+
+        return analyze_text(sae, self, prompt, top_k, **options)
+
     def _enter(self, interventions: Interventions) -> None:
         if self._interventions is not None:
             raise TraceError(

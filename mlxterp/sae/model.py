@@ -378,6 +378,67 @@ class SAE(nn.Module):
 
         return load_sae(path)
 
+    # -- feature analysis (mlxterp.features; `model` None: the model this SAE is attached to) --
+    def analyze_text(self, model: Any = None, prompt: str = "", top_k: int = 10, **options: Any):
+        """The `top_k` features of `prompt`, overall and per token (`features.analyze_text`)."""
+        from ..features.analysis import analyze_text
+
+        return analyze_text(self, model, prompt, top_k, **options)
+
+    def get_top_activating_texts(self, feature_idx: int, dataset: Any = None, top_k: int = 20,
+                                 model: Any = None, **options: Any):
+        """The contexts where one feature fires most, plus lower bands (`features.get_top_activating_texts`)."""
+        from ..features.examples import get_top_activating_texts
+
+        return get_top_activating_texts(self, feature_idx, dataset, top_k, model, **options)
+
+    def top_activating_examples(self, model: Any = None, dataset: Any = None,
+                                feature_indices: Any = None, top_k: int = 20, **options: Any):
+        """Top examples of every feature (or `feature_indices`) in one pass (`features.top_activating_examples`)."""
+        from ..features.examples import top_activating_examples
+
+        return top_activating_examples(self, model, dataset, feature_indices, top_k, **options)
+
+    def feature_stats(self, model: Any = None, dataset: Any = None, **options: Any):
+        """Firing frequency, mean/max activation and histograms per feature (`features.feature_stats`)."""
+        from ..features.stats import feature_stats
+
+        return feature_stats(self, model, dataset, **options)
+
+    def logit_lens(self, feature_idx: int, model: Any = None, k: int = 10):
+        """The tokens a feature's decoder direction promotes and suppresses (`features.logit_lens`)."""
+        from ..features.decoder import logit_lens
+
+        return logit_lens(self, feature_idx, model, k)
+
+    def nearest_features(self, feature_idx: int, n: int = 10):
+        """The `n` features with the closest decoder directions, as (index, cosine)."""
+        from ..features.decoder import nearest_features
+
+        return nearest_features(self, feature_idx, n)
+
+    def steer(self, model: Any = None, layer: int | None = None, feature_idx: Any = None,
+              strength: Any = 1.0, positions: Any = None) -> None:
+        """Inside `with model.trace(...)` / `model.generate(...)`: add `strength` units of a
+        feature's direction at this SAE's hook point (`features.steer`)."""
+        from ..features.interventions import steer
+
+        steer(self, model, layer, feature_idx, strength, positions)
+
+    def visualize_feature(self, feature_idx: int, model: Any = None, dataset: Any = None,
+                          path: str | os.PathLike | None = None, **options: Any):
+        """Write one feature's self-contained HTML page; returns its path (`features.visualize_feature`)."""
+        from ..features.report import visualize_feature
+
+        return visualize_feature(self, feature_idx, model, dataset, path, **options)
+
+    def launch_dashboard(self, model: Any = None, dataset: Any = None, out_dir: str | os.PathLike | None = None,
+                         port: int = 8000, block: bool = True, **options: Any):
+        """Write the feature dashboard and serve it on localhost (`features.launch_dashboard`)."""
+        from ..features.report import launch_dashboard
+
+        return launch_dashboard(self, model, dataset, out_dir, port, block, **options)
+
     # -- helpers -------------------------------------------------------------------------
     def _pre_acts(self, centred: mx.array) -> mx.array:
         return nn.relu(centred @ self.W_enc.T + self.b_enc)

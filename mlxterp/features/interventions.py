@@ -1,0 +1,198 @@
+"""Causal edits through an SAE: splice it into its layer, edit features, steer, compare generations.
+
+All of these declare edits on the open `with model.trace(...)` or `with model.generate(...)`
+block (through `Port.edit`), so they compose with every other save and edit in the block.
+
+Units: feature values are SAE codes, the numbers `sae.encode` returns (and the units of
+`max_activation` in feature statistics). `steer(..., strength=s)` adds what raising the
+feature's code by `s` adds to the SAE's reconstruction, `s * (decode(e_i) - decode(0))`, so the
+SAE's input normalisation is accounted for; a strength of a few times the feature's
+`max_activation` is a strong push.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Sequence
+
+import mlx.core as mx
+import numpy as np
+
+from ..errors import SAEError, TraceError
+from ..tracing import Port, Positions
+from .decoder import feature_directions
+from .hookpoint import check_features, hook_point, resolve_model
+
+if TYPE_CHECKING:
+    from ..model import InterpretableModel
+    from ..sae.model import SAE
+
+
+@dataclass(frozen=True)
+class FeatureEdit:
+    """An edit of some features' codes (..., d_hidden) -> (..., d_hidden); build with the helpers."""
+
+    features: tuple[int, ...]
+    kind: str
+    value: float | None = None
+    low: float | None = None
+    high: float | None = None
+
+    def apply(self, codes: mx.array) -> mx.array:
+        index = mx.array(self.features)
+        chosen = codes[..., index]
+        if self.kind == "scale":
+            new = chosen * self.value
+        elif self.kind == "set":
+            new = mx.full(chosen.shape, self.value, dtype=codes.dtype)
+        else:
+            new = mx.clip(chosen, self.low, self.high)
+        edited = mx.array(codes)
+        edited[..., index] = new.astype(codes.dtype)
+        return edited
+
+
+def ablate(features: int | Sequence[int]) -> FeatureEdit:
+    """Set the features' codes to 0 (seed 001's ablation)."""
+    return FeatureEdit(_as_tuple(features), "scale", value=0.0)
+
+
+def scale(features: int | Sequence[int], factor: float) -> FeatureEdit:
+    """Multiply the features' codes by `factor` (amplification when > 1)."""
+    return FeatureEdit(_as_tuple(features), "scale", value=float(factor))
+
+
+def set_value(features: int | Sequence[int], value: float) -> FeatureEdit:
+    """Set the features' codes to `value` at every edited position, active or not."""
+    return FeatureEdit(_as_tuple(features), "set", value=float(value))
+
+
+def clamp(features: int | Sequence[int], min: float | None = None, max: float | None = None) -> FeatureEdit:
+    """Clip the features' codes into [min, max] (either bound may be None)."""
+    if min is None and max is None:
+        raise SAEError("clamp needs min=, max= or both")
+    return FeatureEdit(_as_tuple(features), "clamp", low=min, high=max)
+
+
+def sae_edit_fn(sae: "SAE", edits: Sequence[FeatureEdit] = (), error_term: bool = True) -> Callable:
+    """x (..., d_model) -> the SAE's reconstruction from edited codes (+ x - sae(x) if error_term).
+
+    With `error_term` the SAE is a transparent window: the output is x plus what the edits change
+    in the reconstruction, so with no edits it is exactly x.
+    """
+    for edit in edits:
+        check_features(sae, list(edit.features))
+
+    def spliced(x: mx.array) -> mx.array:
+        raw = x.astype(mx.float32)
+        codes = sae.encode(raw)
+        edited = codes
+        for edit in edits:
+            edited = edit.apply(edited)
+        token_norm = sae.token_norm(raw)
+        if error_term:
+            # x + (edited - clean reconstruction) rather than reconstruction + (x - clean
+            # reconstruction): equal in exact arithmetic, but only this one returns x bit for bit.
+            out = raw + (sae.decode(edited, token_norm) - sae.decode(codes, token_norm))
+        else:
+            out = sae.decode(edited, token_norm)
+        return out.astype(x.dtype)
+
+    return spliced
+
+
+def splice_sae(
+    sae: "SAE",
+    model: "InterpretableModel | None" = None,
+    *edits: FeatureEdit,
+    error_term: bool = True,
+    layer: int | None = None,
+    positions: Positions = slice(1, None),
+) -> None:
+    """Replace the SAE's hook point output by its reconstruction, with `edits` applied to codes.
+
+    Call inside `with model.trace(...)` or `with model.generate(...)`. `positions` defaults to
+    every position but the first (the attention sink, which SAEs are not trained on).
+
+    >>> with model.trace(text) as trace:
+    ...     splice_sae(sae, model, ablate([12, 40]), scale(7, 4.0))
+    ...     logits = model.output.save()
+    """
+    model = resolve_model(sae, model)
+    path = hook_point(sae, model, layer)
+    Port(model, path, "output").edit(sae_edit_fn(sae, edits, error_term), positions)
+
+
+def steer(
+    sae: "SAE",
+    model: "InterpretableModel | None" = None,
+    layer: int | None = None,
+    feature_idx: int | Sequence[int] | None = None,
+    strength: float | Sequence[float] = 1.0,
+    positions: Positions = None,
+) -> None:
+    """Add `strength * direction(feature_idx)` to the SAE's hook point in the open trace/generation.
+
+    The direction is in raw activation units per unit of code (see the module docstring), so
+    `strength` is in the units of the feature's activations. Several features may be given with
+    one strength each (or one shared strength). `layer`, if given, must be the SAE's layer.
+
+    >>> with model.generate("My favourite place is", max_tokens=20) as gen:
+    ...     steer(sae, model, feature_idx=1234, strength=40.0)
+    >>> gen.text
+    """
+    if feature_idx is None:
+        raise SAEError("steer needs feature_idx=<the feature to add>")
+    model = resolve_model(sae, model)
+    path = hook_point(sae, model, layer)
+    indices = check_features(sae, feature_idx)
+    strengths = mx.array(strength, dtype=mx.float32).reshape(-1)
+    if strengths.size not in (1, len(indices)):
+        raise SAEError(f"got {strengths.size} strengths for {len(indices)} features: pass one, or one per feature")
+    strengths = mx.broadcast_to(strengths, (len(indices),))[:, None]
+
+    def add_features(x: mx.array) -> mx.array:
+        directions = feature_directions(sae, indices, sae.token_norm(x.astype(mx.float32)))
+        return (x + mx.sum(directions * strengths, axis=-2)).astype(x.dtype)
+
+    Port(model, path, "output").edit(add_features, positions)
+
+
+@dataclass
+class GenerationComparison:
+    """The same prompt generated without and with edits."""
+
+    prompt: str
+    baseline: str
+    edited: str
+
+    def __str__(self) -> str:
+        return (
+            f"prompt:   {self.prompt!r}\nbaseline: {self.baseline!r}\nedited:   {self.edited!r}"
+        )
+
+
+def compare_generations(
+    model: "InterpretableModel",
+    prompt: str,
+    edit_fn: Callable[[], None],
+    max_tokens: int = 30,
+    **generate_options,
+) -> GenerationComparison:
+    """Generate from `prompt` twice: plain, then with `edit_fn()` called inside the block.
+
+    `edit_fn` declares edits, e.g. `lambda: steer(sae, model, feature_idx=3, strength=20)` or
+    `lambda: splice_sae(sae, model, ablate(3))`. Generation is greedy unless a temperature
+    (and seed) is passed in `generate_options`.
+    """
+    if not callable(edit_fn):
+        raise TraceError(f"edit_fn must be a function declaring edits, got {type(edit_fn).__name__}")
+    baseline = model.generate(prompt, max_tokens=max_tokens, **generate_options).text
+    with model.generate(prompt, max_tokens=max_tokens, **generate_options) as edited:
+        edit_fn()
+    return GenerationComparison(prompt, baseline, edited.text)
+
+
+def _as_tuple(features: int | Sequence[int]) -> tuple[int, ...]:
+    return tuple(int(f) for f in np.atleast_1d(np.asarray(features)))
+
