@@ -160,11 +160,13 @@ def steer(
 
 @dataclass
 class GenerationComparison:
-    """The same prompt generated without and with edits."""
+    """The same prompt generated without and with edits: texts and the new token ids."""
 
     prompt: str
     baseline: str
     edited: str
+    baseline_tokens: list[int]
+    edited_tokens: list[int]
 
     def __str__(self) -> str:
         return (
@@ -187,10 +189,10 @@ def compare_generations(
     """
     if not callable(edit_fn):
         raise TraceError(f"edit_fn must be a function declaring edits, got {type(edit_fn).__name__}")
-    baseline = model.generate(prompt, max_tokens=max_tokens, **generate_options).text
+    baseline = model.generate(prompt, max_tokens=max_tokens, **generate_options)
     with model.generate(prompt, max_tokens=max_tokens, **generate_options) as edited:
         edit_fn()
-    return GenerationComparison(prompt, baseline, edited.text)
+    return GenerationComparison(prompt, baseline.text, edited.text, baseline.tokens, edited.tokens)
 
 
 def _as_tuple(features: int | Sequence[int]) -> tuple[int, ...]:
