@@ -328,7 +328,8 @@ class SAE(nn.Module):
         centred = x_n - self.b_dec
         n = x_n.shape[0]
         if self.architecture == "topk":
-            acts, idx = topk_encode(centred, self.W_enc, self.b_enc, self.k)
+            # b_dec goes in whole: its encoder gradient is then one gemv, not a gather of n*k rows.
+            acts, idx = topk_encode(x_n, self.W_enc, self.b_enc, self.k, b_dec=self.b_dec)
             sae_out = sparse_decode(acts, idx, self.W_dec) + self.b_dec
         else:
             pre = self._pre_acts(centred)

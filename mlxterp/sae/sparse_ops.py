@@ -1,22 +1,37 @@
-"""Sparse TopK SAE kernels: top-k encoder and gather decoder with sparse gradients."""
+"""Sparse TopK SAE kernels: top-k encoder and gather decoder with sparse gradients.
+
+On the CPU, MLX runs each stream's non-BLAS work on one thread, so the row-wise kernels below
+(top-k selection, gathers, the sorted scatter) split their rows over one stream per core; on
+other devices they use the default stream alone.
+"""
 
 from __future__ import annotations
 
 import math
+import os
 
 import mlx.core as mx
 
 _GATHER_CHUNK_FLOATS = 1 << 18
+_MAX_CPU_STREAMS = 4
+_STREAMS: dict[str, list] = {}
 
 
-def topk_encode(x: mx.array, W_enc: mx.array, b_enc: mx.array, k: int) -> tuple[mx.array, mx.array]:
-    """The k largest of relu(x @ W_enc.T + b_enc) per row.
+def topk_encode(
+    x: mx.array, W_enc: mx.array, b_enc: mx.array, k: int, b_dec: mx.array | None = None
+) -> tuple[mx.array, mx.array]:
+    """The k largest of relu((x - b_dec) @ W_enc.T + b_enc) per row (b_dec None: of x itself).
 
-    x (n, d_model), W_enc (d_hidden, d_model), b_enc (d_hidden,) -> top_acts (n, k) float,
-    top_indices (n, k) int32 (distinct per row, unsorted). Only the selected latents carry
-    gradient, so the backward pass costs O(n k d_model) instead of a dense matmul.
+    x (n, d_model), W_enc (d_hidden, d_model), b_enc (d_hidden,), b_dec (d_model,) -> top_acts
+    (n, k) float, top_indices (n, k) int32 (distinct per row, unsorted). Only the selected latents
+    carry gradient, so the backward pass costs O(n k d_model) instead of a dense matmul. With
+    b_dec passed here (rather than subtracted by the caller) its gradient is one (d_hidden,) @
+    (d_hidden, d_model) product, and the gradient w.r.t. x, a gather of n*k encoder rows, is
+    only computed when something asks for it (training never does).
     """
-    return _topk_encode(k)(x, W_enc, b_enc)
+    if b_dec is None:
+        return _topk_encode(k)(x, W_enc, b_enc)
+    return _topk_encode_centred(k)(x, b_dec, W_enc, b_enc)
 
 
 def sparse_decode(top_acts: mx.array, top_indices: mx.array, W_dec: mx.array) -> mx.array:
@@ -33,7 +48,48 @@ def dense_from_topk(top_acts: mx.array, top_indices: mx.array, d_hidden: int) ->
     return mx.put_along_axis(zeros, top_indices, top_acts, axis=-1)
 
 
+def _streams() -> list:
+    """Streams to spread independent row blocks over: on the CPU one per core (at most
+    _MAX_CPU_STREAMS, or MLXTERP_SAE_STREAMS), elsewhere [None] (the default stream)."""
+    device = mx.default_device()
+    key = str(device)
+    if key not in _STREAMS:
+        count = 1
+        if device == mx.cpu:
+            try:
+                cores = len(os.sched_getaffinity(0))
+            except (AttributeError, OSError):
+                cores = os.cpu_count() or 1
+            count = int(os.environ.get("MLXTERP_SAE_STREAMS", min(cores, _MAX_CPU_STREAMS)))
+        _STREAMS[key] = [None] if count <= 1 else [mx.new_stream(device) for _ in range(count)]
+    return _STREAMS[key]
+
+
+def _row_splits(n: int, parts: int, multiple: int = 1) -> list[tuple[int, int]]:
+    """[start, stop) ranges cutting n rows into at most `parts` near-equal pieces."""
+    parts = max(1, min(parts, n // max(multiple, 1)))
+    step = -(-n // parts)
+    return [(s, min(s + step, n)) for s in range(0, n, step)]
+
+
+def _on(stream, fn, *args):
+    if stream is None:
+        return fn(*args)
+    with mx.stream(stream):
+        return fn(*args)
+
+
 def _row_topk(pre: mx.array, k: int) -> tuple[mx.array, mx.array]:
+    """Exact top-k values and indices per row of pre (n, m), unsorted; rows split over _streams()."""
+    streams = _streams()
+    spans = _row_splits(pre.shape[0], len(streams), multiple=64)
+    if len(spans) == 1:
+        return _row_topk_block(pre, k)
+    parts = [_on(s, _row_topk_block, pre[a:b], k) for s, (a, b) in zip(streams, spans)]
+    return mx.concatenate([v for v, _ in parts]), mx.concatenate([i for _, i in parts])
+
+
+def _row_topk_block(pre: mx.array, k: int) -> tuple[mx.array, mx.array]:
     """Exact top-k values and indices per row of pre (n, m), unsorted.
 
     The k largest entries lie in the k blocks with the largest maxima, so we partition the
@@ -68,25 +124,40 @@ def _gather_rows_matmul(lhs: mx.array, indices: mx.array, table: mx.array, rhs: 
 
     With rhs None: out[i] = lhs[i] @ table[indices[i]] -> (n, d)  (lhs (n, k)).
     With rhs (n, d): out[i] = table[indices[i]] @ rhs[i] -> (n, k).
+    Consecutive chunks go to the _streams() in turn.
     """
     n, k = indices.shape
     chunk = max(1, _GATHER_CHUNK_FLOATS // (k * table.shape[1]))
-    outs = []
-    for s in range(0, n, chunk):
+    streams = _streams()
+
+    def one(s):
         rows = table[indices[s : s + chunk]]
         if rhs is None:
-            outs.append((lhs[s : s + chunk, None, :] @ rows).squeeze(1))
-        else:
-            outs.append((rows @ rhs[s : s + chunk, :, None]).squeeze(2))
-    return mx.concatenate(outs, axis=0)
+            return (lhs[s : s + chunk, None, :] @ rows).squeeze(1)
+        return (rows @ rhs[s : s + chunk, :, None]).squeeze(2)
+
+    outs = [_on(streams[i % len(streams)], one, s) for i, s in enumerate(range(0, n, chunk))]
+    return mx.concatenate(outs, axis=0) if len(outs) > 1 else outs[0]
 
 
 def _scatter_rows(indices: mx.array, weights: mx.array, src: mx.array, num_rows: int) -> mx.array:
     """out[l] = sum over (i, j) with indices[i, j] == l of weights[i, j] * src[i] -> (num_rows, d).
 
     Sorting the (i, j) pairs by latent turns the scatter-add into one segmented matmul
-    (one gemv per latent), which is ~10x faster on CPU than a scatter-add of n*k rows.
+    (one gemv per latent), which is ~10x faster on CPU than a scatter-add of n*k rows. Row
+    blocks go to the _streams() and their partial sums are added.
     """
+    streams = _streams()
+    spans = _row_splits(indices.shape[0], len(streams), multiple=256)
+    parts = [_on(s, _scatter_rows_block, indices[a:b], weights[a:b], src[a:b], num_rows)
+             for s, (a, b) in zip(streams, spans)]
+    out = parts[0]
+    for part in parts[1:]:
+        out = out + part
+    return out
+
+
+def _scatter_rows_block(indices: mx.array, weights: mx.array, src: mx.array, num_rows: int) -> mx.array:
     n, k = indices.shape
     flat = indices.reshape(-1)
     order = mx.argsort(flat)
@@ -111,29 +182,62 @@ def _sparse_decode_vjp(primals, cotangent, output):
     return d_acts, mx.zeros_like(top_indices), d_W
 
 
-_ENCODERS: dict[int, object] = {}
+_ENCODERS: dict[tuple[int, bool], object] = {}
+
+
+def _encode_forward(x, W_enc, b_enc, k):
+    pre = mx.addmm(b_enc, x, W_enc.T)
+    vals, idx = _row_topk(pre, k)
+    return mx.maximum(vals, 0), idx.astype(mx.int32)
+
+
+def _encode_backward(x, W_enc, b_enc, cotangent, acts, idx):
+    """Gradients of the encoder (x already centred) given d top_acts: (d_x, d_W, d_b), d_x lazy."""
+    g = cotangent * (acts > 0)
+    d_b = mx.zeros_like(b_enc).at[idx.reshape(-1)].add(g.reshape(-1))
+    d_W = _scatter_rows(idx, g, x, W_enc.shape[0])
+    d_x = _gather_rows_matmul(g, idx, W_enc, None)
+    return d_x, d_W, d_b
 
 
 def _topk_encode(k: int):
-    """The custom-gradient encoder for a given k (k must be static for mx.compile)."""
-    if k in _ENCODERS:
-        return _ENCODERS[k]
+    """The custom-gradient encoder of x for a given k (k must be static for mx.compile)."""
+    if (k, False) in _ENCODERS:
+        return _ENCODERS[k, False]
 
     @mx.custom_function
     def encode(x, W_enc, b_enc):
-        pre = mx.addmm(b_enc, x, W_enc.T)
-        vals, idx = _row_topk(pre, k)
-        return mx.maximum(vals, 0), idx.astype(mx.int32)
+        return _encode_forward(x, W_enc, b_enc, k)
 
     @encode.vjp
     def encode_vjp(primals, cotangents, outputs):
         x, W_enc, b_enc = primals
-        acts, idx = outputs
-        g = cotangents[0] * (acts > 0)
-        d_b = mx.zeros_like(b_enc).at[idx.reshape(-1)].add(g.reshape(-1))
-        d_W = _scatter_rows(idx, g, x, W_enc.shape[0])
-        d_x = _gather_rows_matmul(g, idx, W_enc, None)
-        return d_x, d_W, d_b
+        return _encode_backward(x, W_enc, b_enc, cotangents[0], *outputs)
 
-    _ENCODERS[k] = encode
+    _ENCODERS[k, False] = encode
+    return encode
+
+
+def _topk_encode_centred(k: int):
+    """The custom-gradient encoder of x - b_dec for a given k.
+
+    d b_dec = -sum_i d_centred[i] = -sum_(i,j) g_ij W_enc[idx_ij] = -(d b_enc) @ W_enc, so the
+    (n, d) gradient w.r.t. the centred input is needed only for x, and stays unevaluated when
+    nothing uses it.
+    """
+    if (k, True) in _ENCODERS:
+        return _ENCODERS[k, True]
+
+    @mx.custom_function
+    def encode(x, b_dec, W_enc, b_enc):
+        return _encode_forward(x - b_dec, W_enc, b_enc, k)
+
+    @encode.vjp
+    def encode_vjp(primals, cotangents, outputs):
+        x, b_dec, W_enc, b_enc = primals
+        d_x, d_W, d_b = _encode_backward(x - b_dec, W_enc, b_enc, cotangents[0], *outputs)
+        d_b_dec = -(d_b @ W_enc)
+        return d_x, d_b_dec, d_W, d_b
+
+    _ENCODERS[k, True] = encode
     return encode

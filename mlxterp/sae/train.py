@@ -11,9 +11,11 @@ last partial batch of an epoch is dropped. Validation data takes the same forms 
 
 from __future__ import annotations
 
+import ctypes
 import itertools
 import math
 import os
+import sys
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence, Union
@@ -31,6 +33,7 @@ from .io import read_tensors, sae_spec, sae_tensors, write_tensors
 from .metrics import evaluate_reconstruction
 from .model import SAE, THRESHOLD_EMA, latent_totals, remove_parallel_component, unit_rows
 from .normalize import normalize
+from .sparse_ops import _streams
 
 TrainData = Union[mx.array, np.ndarray, Sequence[Any], Callable[[], Iterable[Any]]]
 
@@ -196,6 +199,7 @@ class SAETrainer:
 
     # -- the compiled step ---------------------------------------------------------------
     def _build_step(self, with_auxk: bool) -> Callable[[mx.array], None]:
+        keep_freed_memory()
         sae, opt, cfg, counters = self.sae, self.optimizer, self.config, self.counters
         dec_key = "W_enc" if sae.tied_weights else "W_dec"
         d_hidden, k_aux, peak, total = sae.d_hidden, self.k_aux, self.peak_lr, self.total_steps
@@ -217,13 +221,7 @@ class SAETrainer:
             dead = since > cfg.dead_tokens_threshold
             lr = lr_at(opt.state["step"], peak, cfg, total)
             (loss, out), grads = loss_and_grad(x, dead)
-            grads[dec_key] = remove_parallel_component(grads[dec_key], sae[dec_key])
-            if cfg.gradient_clip is not None:
-                grads, grad_norm = optim.clip_grad_norm(grads, cfg.gradient_clip)
-            else:
-                grad_norm = mx.sqrt(sum(mx.sum(mx.square(g)) for _, g in tree_flatten(grads)))
-            opt.update(sae, grads)
-            sae[dec_key] = unit_rows(sae[dec_key])
+            grad_norm = _update(sae, opt, grads, dec_key, cfg.gradient_clip)
             fired, act_sum, act_max = latent_totals(mx.stop_gradient(out.top_acts), out.top_indices, d_hidden)
             n = x.shape[0]
             counters["tokens_since_fired"] = mx.where(
@@ -523,6 +521,89 @@ class SAETrainer:
             "learning_rate": self.peak_lr,
             "final_metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
         }
+
+
+def _update(sae: SAE, opt: optim.Optimizer, grads: dict, dec_key: str, clip: float | None) -> mx.array:
+    """Project, clip and apply `grads`, renormalize the decoder rows; returns the unclipped grad norm.
+
+    The same arithmetic as remove_parallel_component + optim.clip_grad_norm + opt.update +
+    unit_rows, but each large parameter's chain runs on its own stream (sparse_ops._streams():
+    one thread each on the CPU, the default stream elsewhere).
+    """
+    streams = _streams()
+    flat = dict(tree_flatten(grads))
+    big = [name for name, g in flat.items() if g.size >= 1 << 16]
+    where = {name: streams[i % len(streams)] for i, name in enumerate(big)}
+
+    def on(name):
+        stream = where.get(name)
+        return mx.stream(stream) if stream is not None else _NoStream()
+
+    params = dict(tree_flatten(sae.trainable_parameters()))
+    squares = []
+    for name in flat:
+        with on(name):
+            if name == dec_key:
+                flat[name] = remove_parallel_component(flat[name], params[name])
+            squares.append(mx.sum(mx.square(flat[name])))
+    grad_norm = mx.sqrt(sum(squares))
+    scale = mx.minimum(clip / (grad_norm + 1e-6), 1.0) if clip is not None else None
+    opt.apply_gradients({}, {})  # the schedule and step counter, as before its per-parameter updates
+    new = {}
+    for name, g in flat.items():
+        with on(name):
+            if scale is not None:
+                g = g * scale
+            new[name] = opt.apply_single(g, params[name], _state_at(opt.state, name))
+            if name == dec_key:
+                new[name] = unit_rows(new[name])
+    sae.update(tree_unflatten(list(new.items())))
+    return grad_norm
+
+
+def _state_at(state: dict, dotted: str) -> dict:
+    for part in dotted.split("."):
+        state = state[part]
+    return state
+
+
+class _NoStream:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+_FREED_MEMORY_KEPT = False
+
+
+def keep_freed_memory() -> None:
+    """On Linux CPU, let glibc keep freed buffers for reuse instead of returning them to the OS.
+
+    MLX's CPU allocator hands buffers over 32 MiB (the decoder, the encoder's (n, d_hidden)
+    output, Adam's moments) to glibc, which by default maps each one fresh and unmaps it on free,
+    so every step pays a page fault per 4 KiB of them (~300k faults, ~40% of a step at d_hidden
+    12288, batch 4096). Raising the mmap and trim thresholds serves them from the heap instead;
+    memory freed stays with the process (up to its peak) rather than going back to the OS.
+    Set MLXTERP_KEEP_FREED_MEMORY=0 to leave malloc alone.
+    """
+    global _FREED_MEMORY_KEPT
+    if _FREED_MEMORY_KEPT or not sys.platform.startswith("linux") or mx.default_device() != mx.cpu:
+        return
+    if os.environ.get("MLXTERP_KEEP_FREED_MEMORY", "1") == "0":
+        return
+    _FREED_MEMORY_KEPT = True
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return  # not glibc (musl, ...): nothing to tune
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
+    mallopt(m_mmap_threshold, 1 << 30)
+    mallopt(m_trim_threshold, (1 << 31) - 1)
+    mallopt(m_top_pad, 64 << 20)
 
 
 def _set_rows(a: mx.array, rows: mx.array, values: Any) -> mx.array:
