@@ -31,7 +31,7 @@ from ..errors import SAEError
 from .config import MAX_DEAD_TOKENS_THRESHOLD, SAEConfig
 from .io import read_tensors, sae_spec, sae_tensors, write_tensors
 from .metrics import evaluate_reconstruction
-from .model import SAE, THRESHOLD_EMA, latent_totals, remove_parallel_component, unit_rows
+from .model import SAE, THRESHOLD_EMA, latent_totals, unit_rows
 from .normalize import normalize
 from .sparse_ops import _streams
 
@@ -542,9 +542,10 @@ def _update(sae: SAE, opt: optim.Optimizer, grads: dict, dec_key: str, clip: flo
     params = dict(tree_flatten(sae.trainable_parameters()))
     squares = []
     for name in flat:
+        if name == dec_key:  # remove_parallel_component, its row sums spread over the streams
+            g, w = flat[name], params[name]
+            flat[name] = g - _row_dots(g, w, streams)[:, None] * w
         with on(name):
-            if name == dec_key:
-                flat[name] = remove_parallel_component(flat[name], params[name])
             squares.append(mx.sum(mx.square(flat[name])))
     grad_norm = mx.sqrt(sum(squares))
     scale = mx.minimum(clip / (grad_norm + 1e-6), 1.0) if clip is not None else None
@@ -555,10 +556,25 @@ def _update(sae: SAE, opt: optim.Optimizer, grads: dict, dec_key: str, clip: flo
             if scale is not None:
                 g = g * scale
             new[name] = opt.apply_single(g, params[name], _state_at(opt.state, name))
-            if name == dec_key:
-                new[name] = unit_rows(new[name])
+    if dec_key in new:  # unit_rows, its row norms spread over the streams
+        w = new[dec_key]
+        norms = mx.sqrt(_row_dots(w, w, streams))
+        with on(dec_key):
+            new[dec_key] = w / mx.maximum(norms, 1e-8)[:, None]
     sae.update(tree_unflatten(list(new.items())))
     return grad_norm
+
+
+def _row_dots(a: mx.array, b: mx.array, streams: list) -> mx.array:
+    """sum(a * b, axis=-1) for (rows, d) arrays, row blocks on the given streams."""
+    if len(streams) == 1:
+        return mx.sum(a * b, axis=-1)
+    step = -(-a.shape[0] // len(streams))
+    parts = []
+    for i, stream in enumerate(streams):
+        with mx.stream(stream):
+            parts.append(mx.sum(a[i * step : (i + 1) * step] * b[i * step : (i + 1) * step], axis=-1))
+    return mx.concatenate(parts)
 
 
 def _state_at(state: dict, dotted: str) -> dict:

@@ -188,3 +188,51 @@ def test_block_size_covers_both_paths():
     assert sparse_ops._block_size(100, 7) == 1
     assert sparse_ops._block_size(1003, 3) == 1
     assert sparse_ops._block_size(96, 90) == 1
+
+
+def test_single_stream_matches_multi_stream(monkeypatch):
+    """The row blocks spread over streams give the same result as one stream."""
+    shape = (40, 16, 512, 8)
+    p = make(*shape)
+
+    def grads():
+        fn = mx.grad(lambda *a: sparse_loss(*a, p["C"], p["R"], 8, b_dec=p["b_dec"]), argnums=(0, 1, 2, 3))
+        return [np.array(g) for g in fn(p["x"], p["W_enc"], p["b_enc"], p["W_dec"])]
+
+    many = grads()
+    monkeypatch.setattr(sparse_ops, "_streams", lambda: [None])
+    one = grads()
+    for a, b in zip(many, one):
+        close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_trainer_update_equals_plain_adam_path():
+    """SAETrainer's streamed update = remove_parallel_component + clip_grad_norm + Adam + unit_rows."""
+    import mlx.optimizers as optim
+
+    from mlxterp.sae.model import SAE, remove_parallel_component, unit_rows
+    from mlxterp.sae.train import _update
+
+    def setup():
+        sae = SAE(32, 2048, k=8, seed=4)
+        opt = optim.Adam(learning_rate=lambda step: 1e-3 * (step.astype(mx.float32) + 1), bias_correction=True)
+        opt.init(sae.trainable_parameters())
+        return sae, opt
+
+    rng = np.random.default_rng(5)
+    grads = {k: mx.array(rng.normal(size=v.shape).astype(np.float32))
+             for k, v in SAE(32, 2048, k=8).trainable_parameters().items()}
+    sae_a, opt_a = setup()
+    sae_b, opt_b = setup()
+    for _ in range(2):
+        norm_a = _update(sae_a, opt_a, dict(grads), "W_dec", 0.5)
+        g = dict(grads)
+        g["W_dec"] = remove_parallel_component(g["W_dec"], sae_b["W_dec"])
+        g, norm_b = optim.clip_grad_norm(g, 0.5)
+        opt_b.update(sae_b, g)
+        sae_b["W_dec"] = unit_rows(sae_b["W_dec"])
+        close(norm_a, norm_b, rtol=1e-5)
+    for name, value in sae_b.trainable_parameters().items():
+        close(sae_a.trainable_parameters()[name], value, rtol=1e-5, atol=1e-6)
+    close(opt_a.state["W_dec"]["v"], opt_b.state["W_dec"]["v"], rtol=1e-5, atol=1e-6)
+    assert int(opt_a.state["step"]) == int(opt_b.state["step"]) == 2
