@@ -8,10 +8,9 @@ the warmup + cosine schedule, gradient clipping, decoder gradient projection and
 dead-latent counters), and driven like `fit` drives it (one step queued behind the running one).
 
 Prints tokens/s over the timed steps (after `--warmup` steps that include compilation), the
-step's model FLOP rate (6 n d m for the dense encoder matmul and its two dense-equivalent
-gradients would overcount a sparse step, so it counts the work done: 2 n d m for the encoder
-forward plus 3 * 2 n k d for the sparse decoder, encoder-input/-weight gradients and decoder
-gradients, plus 2 * 2 n k d for the decoder forward and its activation gradient), and beside it a
+step's FLOP rate counting the work a sparse step does (2 n d m for the encoder matmul, plus
+4 * 2 n k d for the sparse decoder, its activation gradient, and the decoder and encoder weight
+gradients; a dense step's 6 n d m would overcount), and beside it a
 plain float32 (n, d) @ (d, m) matmul measured in the same run.
 
     python benchmarks/sae_step.py                      # 3 warm-up + 20 timed steps
@@ -105,7 +104,7 @@ def matmul_gflops(n: int, d: int, m: int, repeats: int = 5) -> float:
 
 def step_flops(n: int, d: int, m: int, k: int) -> float:
     """Floating-point work of one sparse TopK step (see the module docstring)."""
-    return 2 * n * d * m + 5 * 2 * n * k * d
+    return 2 * n * d * m + 4 * 2 * n * k * d
 
 
 def main() -> None:

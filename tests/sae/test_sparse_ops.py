@@ -53,7 +53,8 @@ def dense_loss(x, W_enc, b_enc, W_dec, C, R, mask, b_dec=None):
 
 def sparse_loss(x, W_enc, b_enc, W_dec, C, R, k, b_dec=None):
     acts, idx = topk_encode(x, W_enc, b_enc, k, b_dec=b_dec)
-    return mx.sum(acts * mx.take_along_axis(C, mx.stop_gradient(idx), axis=-1)) + mx.sum(sparse_decode(acts, idx, W_dec) * R)
+    picked = mx.take_along_axis(C, mx.stop_gradient(idx), axis=-1)
+    return mx.sum(acts * picked) + mx.sum(sparse_decode(acts, idx, W_dec) * R)
 
 
 def close(a, b, rtol=RTOL, atol=ATOL):
