@@ -38,12 +38,17 @@ def openblas_path() -> str | None:
 
 
 def fast_blas_loaded() -> bool:
-    """True when an optimized BLAS is mapped into this process (always True off Linux)."""
+    """True when Debian's OpenBLAS is mapped into this process (always True off Linux).
+
+    Only the system OpenBLAS counts: numpy's bundled copy (`libscipy_openblas64_`) is mapped
+    too once numpy is imported, but MLX never calls it.
+    """
     if not sys.platform.startswith("linux"):
         return True
+    openblas_dirs = {os.path.dirname(path) for path in OPENBLAS_PATHS}
     try:
         with open("/proc/self/maps") as maps:
-            return "openblas" in maps.read()
+            return any(os.path.dirname(line.split()[-1]) in openblas_dirs for line in maps if "/" in line)
     except OSError:
         return False
 

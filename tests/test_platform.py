@@ -47,3 +47,16 @@ def test_test_suite_itself_runs_with_fast_blas():
     if platform.openblas_path() is None:
         pytest.skip("OpenBLAS is not installed on this machine")
     assert platform.fast_blas_loaded()
+
+
+def test_numpy_bundled_openblas_is_not_taken_for_the_fast_one():
+    """numpy maps its own OpenBLAS; MLX still uses the reference BLAS unless Debian's is preloaded."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("Linux only")
+    import os
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MLXTERP_AUTO_BLAS")}
+    code = "import numpy; from mlxterp.platform import fast_blas_loaded; print(fast_blas_loaded())"
+    result = subprocess.run([sys.executable, "-W", "ignore", "-c", code], env=env, capture_output=True, text=True)
+    assert result.stdout.strip() == "False", result.stderr
