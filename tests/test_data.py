@@ -130,3 +130,25 @@ def test_shared_wikitext_file_loads(shared_data_dir):
     assert texts[0].startswith(" Robert Boulter is an English film")
     assert not any(t.startswith(" = ") and t.endswith(" = ") for t in texts)
     assert len(texts) > 1000
+
+
+def test_real_hugging_face_datasets():
+    datasets = pytest.importorskip("datasets")
+    table = datasets.Dataset.from_dict({"text": ["first doc", "", " = Title = ", "second doc"], "id": [0, 1, 2, 3]})
+    assert load_texts(table) == ["first doc", "second doc"]
+    assert load_texts(table.to_iterable_dataset(), max_texts=1) == ["first doc"]
+    with pytest.raises(DataError, match=r"DatasetDict with splits \['test', 'train'\].*dataset\['train'\]"):
+        load_texts(datasets.DatasetDict(train=table, test=table))
+    with pytest.raises(DataError, match="no 'body' column"):
+        load_texts(table, text_field="body")
+
+
+def test_hub_dataset_offline_is_a_clear_error(monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    hub_constants = pytest.importorskip("huggingface_hub.constants")
+    # datasets reads these at import time, so the environment variables alone come too late.
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(DataError, match="Could not load the dataset 'wikitext'.*offline, pass a .txt file"):
+        load_texts("wikitext:wikitext-103-raw-v1:train")
