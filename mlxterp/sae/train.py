@@ -51,10 +51,11 @@ def checkpoint_path(save_path: str | os.PathLike) -> Path:
 def lr_at(step: mx.array, peak: float, config: SAEConfig, total_steps: int) -> mx.array:
     """Learning rate of 0-based `step`: linear warmup to `peak`, then cosine decay to the floor.
 
-    The floor is `peak * min_lr_ratio`, reached at `total_steps` and held after.
+    The floor is `peak * min_lr_ratio`, reached at `total_steps` and held after. Warmup lasts
+    `warmup_steps` but at most a fifth of the run, so that a short run still reaches the peak.
     """
     step = step.astype(mx.float32)
-    warmup = config.warmup_steps
+    warmup = min(config.warmup_steps, max(total_steps // 5, 1)) if total_steps else config.warmup_steps
     lr = peak * (mx.minimum((step + 1) / warmup, 1.0) if warmup else mx.array(1.0))
     if config.lr_schedule == "constant":
         return lr

@@ -68,6 +68,11 @@ def test_lr_schedule_warmup_cosine_floor():
     assert lr(60) == pytest.approx(0.55, abs=1e-4)
     assert lr(110) == pytest.approx(0.1) and lr(500) == pytest.approx(0.1)
     assert float(lr_at(mx.array(50), 2.0, config(lr_schedule="constant", warmup_steps=0), 110)) == 2.0
+    short_run = config(warmup_steps=100)  # 30 steps: warmup is cut to 6 so the peak is reached
+    assert float(lr_at(mx.array(5), 1.0, short_run, 30)) == pytest.approx(1.0)
+    assert float(lr_at(mx.array(2), 1.0, short_run, 30)) == pytest.approx(0.5)
+    unknown_length = config(lr_schedule="constant", warmup_steps=10)
+    assert float(lr_at(mx.array(4), 1.0, unknown_length, 0)) == pytest.approx(0.5)
 
 
 def test_stream_forms_are_rebatched():
