@@ -12,17 +12,20 @@ statistics for every feature). With --records, also the dashboard records of eve
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
-import mlx.core as mx
+os.environ.setdefault("MLXTERP_AUTO_BLAS", "1")  # importing mlxterp re-executes with OpenBLAS
 
-from mlxterp import InterpretableModel
-from mlxterp.features.examples import ExampleCollector, ExampleSet
-from mlxterp.features.report import feature_records
-from mlxterp.features.scan import pack_documents, scan
-from mlxterp.features.stats import StatsCollector
-from mlxterp.data import load_texts
-from mlxterp.sae.model import SAE
+import mlx.core as mx  # noqa: E402
+
+from mlxterp import InterpretableModel  # noqa: E402
+from mlxterp.data import load_texts  # noqa: E402
+from mlxterp.features.examples import ExampleCollector, ExampleSet  # noqa: E402
+from mlxterp.features.report import feature_records  # noqa: E402
+from mlxterp.features.scan import pack_documents, scan  # noqa: E402
+from mlxterp.features.stats import StatsCollector  # noqa: E402
+from mlxterp.sae.model import SAE  # noqa: E402
 
 
 class _Null:
