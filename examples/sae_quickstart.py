@@ -54,7 +54,7 @@ print("Validation metrics:", {k: round(v, 3) for k, v in sae.metadata["training"
 # Phase 2: what fires, where, and steering
 print(sae.analyze_text(model, prompt="Artificial intelligence is transforming society", top_k=5))
 top = sae.analyze_text(model, prompt="My lord, the king is dead", top_k=1)
-feature = top.overall[0][0]
+feature = top.top[0][0]
 examples = sae.get_top_activating_texts(feature_idx=feature, dataset=texts[:60], top_k=3)
 print(f"feature {feature} fires most on:")
 for example in examples:

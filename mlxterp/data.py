@@ -82,6 +82,12 @@ def _bundled_corpus() -> tuple[str, ...]:
 
 
 def _keep(text: Any, min_chars: int, skip_headings: bool) -> bool:
+    if text is Ellipsis:
+        raise DataError(
+            "The dataset contains `...` (Ellipsis). In examples such as "
+            '["Sample text 1", "Sample text 2", ...] it stands for more of your own texts: '
+            "replace it with strings."
+        )
     if not isinstance(text, str):
         raise DataError(
             f"Expected text documents (str), got a {type(text).__name__}; check text_field "

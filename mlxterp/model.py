@@ -273,6 +273,9 @@ def _as_id_list(ids) -> list[int]:
 
 
 def _describe(value) -> str:
+    if isinstance(value, (list, tuple)) and any(item is Ellipsis for item in value):
+        return (f"a {type(value).__name__} containing `...` (in examples it stands for more of your "
+                "own texts: replace it with strings)")
     if isinstance(value, (list, tuple)):
         return f"an empty {type(value).__name__}" if not value else f"a {type(value).__name__} of mixed items"
     return type(value).__name__
