@@ -79,13 +79,32 @@ def served_dashboards(monkeypatch):
     return pages
 
 
-def test_every_guide_block_runs(shared_data_dir, guide_model, served_dashboards, tmp_path, monkeypatch, capsys):
-    blocks = guide_blocks(shared_data_dir.parent / "seeds")
-    assert len(blocks) == 28, "seed 003 changed: review SKIPPED and this test"
-    monkeypatch.chdir(tmp_path)
+@pytest.fixture
+def wandb_runs(monkeypatch, tmp_path):
+    """The keyword arguments and logged keys of every wandb.init run (offline mode)."""
+    wandb = pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    runs = []
+    real_init = wandb.init
+
+    def init(**kwargs):
+        run = real_init(**kwargs)
+        runs.append((kwargs, set()))
+        real_log = run.log
+        run.log = lambda data, **kw: (runs[-1][1].update(data), real_log(data, **kw))[1]
+        return run
+
+    monkeypatch.setattr(wandb, "init", init)
+    return runs
+
+
+def test_every_guide_block_runs(shared_data_dir, guide_model, served_dashboards, wandb_runs, tmp_path,
+                                monkeypatch, capsys):
+    blocks = guide_blocks(shared_data_dir.parent / "seeds")
+    assert len(blocks) == 28, "seed 003 changed: review SKIPPED and this test"
+    monkeypatch.chdir(tmp_path)
     namespace = {"texts": list(TEXTS), "mx": mx, "np": np,
                  "layer": 10, "component": "mlp", "k": 32, "expansion": 16}
 
@@ -109,7 +128,10 @@ def test_every_guide_block_runs(shared_data_dir, guide_model, served_dashboards,
     assert "Dead features:" in printed and "Reconstruction MSE:" in printed
     for path in ["my_sae.mlx", "sae_layer6.mlx", "sae_layer24.mlx"]:
         assert (tmp_path / path).exists()
-    assert list((tmp_path / "wandb").glob("offline-run-*"))
+    [(init, logged)] = wandb_runs  # block 11
+    assert (init["project"], init["name"], init["tags"]) == ("my-sae-experiments", "sae_layer10_mlp",
+                                                             ["sae", "layer10", "mlp"])
+    assert {"train/loss", "train/l0", "train/dead_fraction", "val/loss"} <= logged
     assert (namespace["sae_attn"].metadata["component"], namespace["sae_resid"].metadata["component"]) == ("attn", "output")
 
     # Phase 2 on the last SAE trained (block 18: tied weights, layer 10 mlp).
