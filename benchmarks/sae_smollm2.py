@@ -3,7 +3,7 @@
 Trains on the residual stream of a middle layer of SmolLM2-135M (default layer 15) over
 WikiText-2 (test split, from ../shared/data), 16x expansion, k=32, for at least 1M training
 tokens (several epochs over cached activations), with every second article held out. Prints:
-explained variance, FVU, L0, the fraction of latents that never fire on the held-out tokens
+explained variance, FVU, L0 (all over tokens below the SAE's norm limit), the fraction of latents that never fire on the held-out tokens
 (at least 100k), CE loss recovered with the SAE spliced in, and the SAE training throughput
 (tokens/s on cached activations) beside a plain float32 matmul of the encoder's size measured
 in the same run.
@@ -30,8 +30,8 @@ from mlxterp.io_utils import atomic_write_text  # noqa: E402
 from mlxterp.sae.config import SAEConfig  # noqa: E402
 from mlxterp.sae.evaluate import evaluate_sae  # noqa: E402
 from mlxterp.sae.model import SAE  # noqa: E402
-from mlxterp.sae.store import ActivationStore, StoreSettings  # noqa: E402
-from mlxterp.sae.train import SAETrainer  # noqa: E402
+from mlxterp.sae.store import ActivationStore, StoreSettings, norm_limit  # noqa: E402
+from mlxterp.sae.train import INIT_TOKENS, SAETrainer  # noqa: E402
 
 WIKITEXT = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "wikitext-2-raw-test.txt"
 ARTICLE_HEADING = re.compile(r"^ = [^=].* = $", re.M)
@@ -81,6 +81,8 @@ def main() -> None:
     # 1. Activations, cached on disk (the model runs once over the training text).
     start = time.perf_counter()
     store = ActivationStore(model, train_texts, settings, cache_dir=out / "activation_cache")
+    # As train_sae does: tokens above max_norm_ratio x the median norm (attention sinks) are left out.
+    store.max_token_norm = norm_limit(store.sample(INIT_TOKENS), config.max_norm_ratio)
     train_acts = mx.array(np.concatenate(list(store.chunks())))
     mx.eval(train_acts)
     collect_s = time.perf_counter() - start
@@ -94,7 +96,8 @@ def main() -> None:
     sae = SAE.from_config(model.d_model, config)
     sae.metadata.update({"model_name": model.name, "layer": args.layer, "component": "output",
                          "context_length": config.context_length,
-                         "drop_first_tokens": config.drop_first_tokens})
+                         "drop_first_tokens": config.drop_first_tokens,
+                         "max_token_norm": store.max_token_norm})
     trainer = SAETrainer(sae, config)
     start = time.perf_counter()
     trainer.fit(train_acts)

@@ -1,7 +1,7 @@
 """Three features of the main job's SAE: what they fire on, what they write, what they do.
 
     bash scripts/main.sh                       # trains runs/default/sae.mlx (layer 15, 9,216 latents)
-    python examples/main_job_features.py       # ~3 minutes on a 2-core CPU
+    python examples/main_job_features.py       # ~4 minutes on a 2-core CPU
 
 The findings are written up in docs/features.md ("Three features of the main job's SAE").
 """

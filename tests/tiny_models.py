@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 
 import mlx.core as mx
+import numpy as np
 from mlx_lm.tokenizer_utils import TokenizerWrapper
 
 VOCAB = 300
@@ -61,3 +62,9 @@ def byte_tokenizer() -> TokenizerWrapper:
     raw.decoder = decoders.ByteLevel()
     hf = PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="<eos>", pad_token="<eos>")
     return TokenizerWrapper(hf)
+
+
+def midway_norm(norms):
+    """A limit halfway between the two middle norms, so that no token sits on it (float round-off)."""
+    middle = np.sort(norms)[len(norms) // 2 - 1 : len(norms) // 2 + 1]
+    return float(middle.mean())

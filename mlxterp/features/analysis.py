@@ -21,8 +21,8 @@ class AnalysisResult:
     """The features an SAE finds in one prompt.
 
     `codes` (n_tokens, d_hidden) are the SAE codes of every token. `top` lists the `top_k`
-    features with the largest activation over the tokens from `drop_first` on, as
-    (feature, activation, token position), strongest first. `per_token[t]` lists token t's own
+    features with the largest activation over the `ranked` tokens (from `drop_first` on, less
+    those above the SAE's norm limit), as (feature, activation, token position), strongest first. `per_token[t]` lists token t's own
     top features as (feature, activation). Iterating yields (feature, activation) of `top`.
     """
 
@@ -31,7 +31,7 @@ class AnalysisResult:
     codes: np.ndarray
     top: list[tuple[int, float, int]]
     per_token: list[list[tuple[int, float]]]
-    drop_first: int
+    ranked: np.ndarray
     hook_point: str
 
     def __iter__(self) -> Iterator[tuple[int, float]]:
@@ -65,7 +65,7 @@ class AnalysisResult:
             lines.append(f"{rank:>4}  {feature:>7}  {act:>9.3f}  {self.tokens[pos]!r} ({pos})")
         lines.append("Per token (strongest features):")
         for pos, (token, row) in enumerate(zip(self.tokens, self.per_token)):
-            note = "  (attention sink, not ranked)" if pos < self.drop_first else ""
+            note = "" if self.ranked[pos] else "  (attention sink, not ranked)"
             hits = "  ".join(f"{f}:{a:.2f}" for f, a in row[:5]) or "-"
             lines.append(f"{pos:>4}  {token!r:<16} {hits}{note}")
         return "\n".join(lines)
@@ -80,9 +80,9 @@ def analyze_text(
 ) -> AnalysisResult:
     """The `top_k` features of `prompt` overall (max over tokens) and per token.
 
-    The first `drop_first` positions (the attention sink, whose activations SAEs are not
-    trained on) are shown per token but left out of the overall ranking, unless the prompt
-    has no other token. `model` None uses `sae.attached_model`.
+    The first `drop_first` positions and tokens above the SAE's norm limit (attention sinks,
+    whose activations SAEs are not trained on) are shown per token but left out of the overall
+    ranking, unless the prompt has no other token. `model` None uses `sae.attached_model`.
 
     >>> result = analyze_text(sae, model, "Artificial intelligence is transforming society")
     >>> print(result)
@@ -98,16 +98,20 @@ def analyze_text(
     codes = np.array(sae.encode(saved.value.astype(mx.float32))[0])
     tokens = model.to_str_tokens(trace.tokens[0])
     layer, component = sae_layer(sae)
-    first = drop_first if len(tokens) > drop_first else 0
-    peaks = codes[first:].max(axis=0)
-    where = codes[first:].argmax(axis=0) + first
+    ranked = np.array(sae.within_norm_limit(saved.value[0]))
+    ranked[:drop_first] = False
+    if not ranked.any():
+        ranked[:] = True
+    ranked_codes = np.where(ranked[:, None], codes, -np.inf)
+    peaks = ranked_codes.max(axis=0)
+    where = ranked_codes.argmax(axis=0)
     return AnalysisResult(
         prompt=prompt,
         tokens=tokens,
         codes=codes,
         top=[(int(f), float(peaks[f]), int(where[f])) for f in _top_active(peaks, top_k)],
         per_token=[[(int(f), float(row[f])) for f in _top_active(row, top_k)] for row in codes],
-        drop_first=drop_first,
+        ranked=ranked,
         hook_point=f"layer {layer} {component}",
     )
 

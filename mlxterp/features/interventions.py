@@ -78,7 +78,8 @@ def sae_edit_fn(sae: "SAE", edits: Sequence[FeatureEdit] = (), error_term: bool 
     """x (..., d_model) -> the SAE's reconstruction from edited codes (+ x - sae(x) if error_term).
 
     With `error_term` the SAE is a transparent window: the output is x plus what the edits change
-    in the reconstruction, so with no edits it is exactly x.
+    in the reconstruction, so with no edits it is exactly x. Tokens above the SAE's norm limit
+    (attention sinks it never trained on) pass through unchanged.
     """
     for edit in edits:
         check_features(sae, list(edit.features))
@@ -96,7 +97,7 @@ def sae_edit_fn(sae: "SAE", edits: Sequence[FeatureEdit] = (), error_term: bool 
             out = raw + (sae.decode(edited, token_norm) - sae.decode(codes, token_norm))
         else:
             out = sae.decode(edited, token_norm)
-        return out.astype(x.dtype)
+        return mx.where(sae.within_norm_limit(raw)[..., None], out, raw).astype(x.dtype)
 
     return spliced
 
@@ -112,7 +113,8 @@ def splice_sae(
     """Replace the SAE's hook point output by its reconstruction, with `edits` applied to codes.
 
     Call inside `with model.trace(...)` or `with model.generate(...)`. `positions` defaults to
-    every position but the first (the attention sink, which SAEs are not trained on).
+    every position but the first (the attention sink, which SAEs are not trained on); tokens
+    above the SAE's norm limit are left alone wherever they are.
 
     >>> with model.trace(text) as trace:
     ...     splice_sae(sae, model, ablate([12, 40]), scale(7, 4.0))

@@ -3,7 +3,8 @@
 `scan` hands every batch's SAE codes to consumers (top examples, statistics), so that all of
 them are computed from a single forward pass over the data. Texts are packed, joined by EOS,
 into contexts of `context_tokens`, as the activation store packs them for training; the first
-`drop_first` positions of each context (the attention sink) and special tokens are excluded.
+`drop_first` positions of each context (the attention sink), special tokens and tokens above the
+SAE's norm limit (`SAE.within_norm_limit`) are excluded.
 """
 
 from __future__ import annotations
@@ -169,7 +170,9 @@ def _encode_batch(sae, model, path, contexts: Contexts, start: int, size: int, c
     keep = contexts.keep[start : start + size].ravel()
     with model.trace(mx.array(tokens), default_capture=False):
         saved = model.module(path).output.save()
-    row, feature, value = _nonzero_codes(sae, saved.value.reshape(-1, saved.value.shape[-1]))
+    acts = saved.value.reshape(-1, saved.value.shape[-1])
+    keep = keep & np.array(sae.within_norm_limit(acts))
+    row, feature, value = _nonzero_codes(sae, acts)
     chosen = keep[row] & (value != 0)
     n_features = sae.d_hidden
     if columns is not None:

@@ -64,6 +64,7 @@ class SAEConfig:
     context_length: int = 256
     drop_first_tokens: int = 1
     drop_special_tokens: bool = True
+    max_norm_ratio: float | None = 10.0
     # Bookkeeping
     log_every: int = 25
     checkpoint_every: int | None = 1000
@@ -110,6 +111,11 @@ class SAEConfig:
             raise SAEError(f"drop_first_tokens={self.drop_first_tokens} would drop every token of a "
                            f"context of context_length={self.context_length}: lower it")
         _bool(self, "drop_special_tokens")
+        if self.max_norm_ratio is not None:
+            _positive_float(self, "max_norm_ratio")
+            if self.max_norm_ratio <= 1:
+                raise SAEError(f"max_norm_ratio drops tokens whose norm exceeds that many times the "
+                               f"median: use a value above 1 (default 10) or None, got {self.max_norm_ratio}")
         _positive_int(self, "log_every")
         _positive_int(self, "checkpoint_every", optional=True)
         _bool(self, "use_wandb")

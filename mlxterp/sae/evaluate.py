@@ -1,7 +1,8 @@
 """SAE evaluation with the language model: reconstruction metrics plus spliced-in CE loss and KL.
 
 The SAE is spliced in at every position from `drop_first_tokens` on; the attention-sink
-position(s) keep their own activation, as the SAE never trained on them.
+position(s), and any token above the SAE's norm limit (`SAE.within_norm_limit`), keep their own
+activation, as the SAE never trained on them.
 """
 
 from __future__ import annotations
@@ -55,10 +56,10 @@ def downstream_metrics(
     positions = slice(drop_first_tokens, None)
 
     def spliced(x: mx.array) -> mx.array:
-        return sae(x).astype(x.dtype)
+        return mx.where(sae.within_norm_limit(x)[..., None], sae(x), x).astype(x.dtype)
 
     def spliced_with_error(x: mx.array) -> mx.array:
-        return (sae(x) + (x - sae(x))).astype(x.dtype)
+        return mx.where(sae.within_norm_limit(x)[..., None], sae(x) + (x - sae(x)), x).astype(x.dtype)
 
     variants = {"clean": None, "sae": spliced, "sae_with_error": spliced_with_error,
                 "zero_ablation": mx.zeros_like}
@@ -110,7 +111,7 @@ def evaluate_sae(
     """Evaluate `sae` on `model`'s activations over `dataset` (default: the bundled corpus).
 
     Returns MSE, explained variance, FVU, L0, dead and dense fractions and reconstruction cosine
-    over `n_tokens` held-out tokens, plus the downstream CE numbers of `downstream_metrics` over
+    over `n_tokens` held-out tokens (less those above the SAE's norm limit), plus the downstream CE numbers of `downstream_metrics` over
     `n_ce_contexts` contexts. Layer, component, context length and dropped positions default to
     what the SAE was trained with (its metadata).
     """
@@ -134,7 +135,8 @@ def evaluate_sae(
         seed=1234,
     )
     texts = load_texts(dataset)
-    store = ActivationStore(model, texts, settings, max_tokens=n_tokens, progress=progress, name="eval")
+    store = ActivationStore(model, texts, settings, max_tokens=n_tokens, progress=progress, name="eval",
+                            max_token_norm=meta.get("max_token_norm"))
     metrics = evaluate_reconstruction(sae, store.batches(batch_size))
     n = min(n_ce_contexts, len(store.contexts))
     metrics.update(

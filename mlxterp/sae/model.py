@@ -293,6 +293,18 @@ class SAE(nn.Module):
         _, token_norm = norm.normalize(self.normalization, self.norm_stats, mx.array(x).astype(mx.float32))
         return token_norm
 
+    def within_norm_limit(self, x: mx.array) -> mx.array:
+        """(...,) bool: True where a token of raw activations `x` (..., d_model) is no larger than
+        the tokens this SAE trained on (metadata "max_token_norm"; every token when unset).
+
+        Larger tokens are attention sinks: splices leave them as they are and scans skip them.
+        """
+        limit = self._metadata.get("max_token_norm")
+        x = mx.array(x)
+        if limit is None:
+            return mx.ones(x.shape[:-1], dtype=mx.bool_)
+        return mx.linalg.norm(x.astype(mx.float32), axis=-1) <= limit
+
     def __call__(self, x: mx.array) -> mx.array:
         """Reconstruction (..., d_model) of raw activations `x` (..., d_model), in float32."""
         return self.reconstruct(x).reconstruction

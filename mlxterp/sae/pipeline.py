@@ -6,11 +6,13 @@ import os
 import warnings
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from ..anatomy import canonical_component
 from ..errors import DataError, SAEError
 from .config import SAEConfig
 from .model import SAE
-from .store import ActivationStore, StoreSettings, split_documents
+from .store import ActivationStore, StoreSettings, norm_limit, split_documents, within_limit
 from .train import INIT_TOKENS, train_sae_on_activations
 
 if TYPE_CHECKING:
@@ -34,8 +36,10 @@ def train_sae_on_model(
 
     Documents are split into training and validation sets (`config.validation_split`, by
     document); the activation store packs them into contexts and drops each context's first
-    `config.drop_first_tokens` positions and special tokens. With `cache_dir`, activations are
-    cached on disk so later epochs (and other SAEs on the same hook point) skip the model.
+    `config.drop_first_tokens` positions and special tokens, and tokens whose norm exceeds
+    `config.max_norm_ratio` times the median (set from the initialization sample and stored as
+    metadata "max_token_norm"). With `cache_dir`, activations are cached on disk so later epochs
+    (and other SAEs on the same hook point) skip the model.
     """
     from ..data import load_texts
 
@@ -54,6 +58,12 @@ def train_sae_on_model(
     )
     train = ActivationStore(model, train_texts, settings, cache_dir, max_tokens, progress=progress, name="train")
     val = _validation_store(model, val_texts, settings, cache_dir, progress)
+    init_sample = np.asarray(train.sample(min(INIT_TOKENS, train.n_tokens)))
+    limit = norm_limit(init_sample, config.max_norm_ratio)
+    for store in (train, val):
+        if store is not None:
+            store.max_token_norm = limit
+    init_kept = within_limit(init_sample, limit)
     metadata = {
         "model_name": model.name,
         "layer": layer,
@@ -62,6 +72,9 @@ def train_sae_on_model(
         "context_length": config.context_length,
         "drop_first_tokens": config.drop_first_tokens,
         "drop_special_tokens": config.drop_special_tokens,
+        "max_norm_ratio": config.max_norm_ratio,
+        "max_token_norm": limit,
+        "norm_outlier_fraction": float(1 - init_kept.mean()),
         "n_train_documents": len(train_texts),
         "n_val_documents": len(val_texts) if val is not None else 0,
         "n_train_tokens_per_epoch": train.n_tokens,
@@ -73,7 +86,7 @@ def train_sae_on_model(
         val=(lambda: val.batches(config.batch_size)) if val is not None else None,
         save_path=save_path,
         metadata=metadata,
-        init_sample=train.sample(min(INIT_TOKENS, train.n_tokens)),
+        init_sample=init_sample[init_kept],
         tokens_per_epoch=train.n_tokens,
         progress=progress,
     )

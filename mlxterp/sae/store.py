@@ -3,8 +3,9 @@
 Texts are tokenized and packed into fixed-length contexts (documents joined by EOS). Each
 context's first `drop_first_tokens` positions (the attention sink: on SmolLM2 its residual norm
 is ~100x the others) and every special or padding token are dropped, so that neither training
-nor any metric describes an outlier token. Tokens from many documents are mixed in a shuffle
-buffer; memory stays bounded by the buffer, whatever the dataset size. With `cache_dir`, the
+nor any metric describes an outlier token. With `max_token_norm` set (`norm_limit`), tokens whose
+activation norm exceeds it are dropped too: SmolLM2 puts a second sink at position 1 of ~10% of
+contexts. Tokens from many documents are mixed in a shuffle buffer; memory stays bounded by the buffer, whatever the dataset size. With `cache_dir`, the
 first pass writes safetensors shards and later epochs (or another SAE on the same hook point)
 read them instead of running the model.
 """
@@ -85,11 +86,35 @@ def keep_mask(tokens: np.ndarray, drop_first_tokens: int, special_ids: set[int])
     return keep
 
 
+def norm_limit(sample, max_norm_ratio: float | None) -> float | None:
+    """`max_norm_ratio` times the median token norm of `sample` (..., d_model); None for None.
+
+    Tokens above it are outliers (attention sinks past the first position, at ~100x the median
+    norm) that would otherwise hold most of the variance of any batch they are in.
+    """
+    if max_norm_ratio is None:
+        return None
+    sample = np.asarray(sample, dtype=np.float32)
+    norms = np.linalg.norm(sample.reshape(-1, sample.shape[-1]), axis=-1)
+    if norms.size == 0:
+        raise DataError("cannot set a norm limit from an empty sample: pass some activations")
+    return float(max_norm_ratio * np.median(norms))
+
+
+def within_limit(acts: np.ndarray, max_token_norm: float | None) -> np.ndarray:
+    """(n,) bool: True for the rows of `acts` (n, d_model) whose norm is at most `max_token_norm`."""
+    if max_token_norm is None:
+        return np.ones(len(acts), dtype=bool)
+    return np.linalg.norm(acts, axis=-1) <= max_token_norm
+
+
 class ActivationStore:
     """Activations (n_tokens, d_model) of one hook point over a dataset, served in batches.
 
     `batches(batch_size)` yields shuffled float32 mx.arrays for one epoch; it runs the model
     on the first epoch (writing the cache when `cache_dir` is set) and reads the cache after.
+    The cache holds every kept token; `max_token_norm` (None: no limit) filters what is served,
+    so changing it never invalidates the cache.
     """
 
     def __init__(
@@ -102,6 +127,7 @@ class ActivationStore:
         shuffle_buffer_tokens: int = 1 << 16,
         progress: bool = True,
         name: str = "train",
+        max_token_norm: float | None = None,
     ):
         if not texts:
             raise DataError("the dataset is empty: pass at least one non-empty text")
@@ -121,6 +147,7 @@ class ActivationStore:
         self.shuffle_buffer_tokens = shuffle_buffer_tokens
         self.progress = progress
         self.name = name
+        self.max_token_norm = max_token_norm
         self.cache_dir = Path(cache_dir) / self._cache_key(texts) if cache_dir else None
         self._epoch = 0
 
@@ -200,12 +227,12 @@ class ActivationStore:
         rng = random.Random(self.settings.seed + self._epoch)
         self._epoch += 1
         if self._cache_complete():
-            return self._cached_chunks(rng)
-        order = np.arange(len(self.contexts))
-        rng.shuffle(order)
-        if self.cache_dir is not None:
-            return self._chunks_writing_cache(order)
-        return self._model_chunks(order)
+            source = self._cached_chunks(rng)
+        else:
+            order = np.arange(len(self.contexts))
+            rng.shuffle(order)
+            source = self._chunks_writing_cache(order) if self.cache_dir is not None else self._model_chunks(order)
+        return (chunk[within_limit(chunk, self.max_token_norm)] for chunk in source)
 
     def batches(self, batch_size: int, drop_last: bool = False) -> Iterator[mx.array]:
         """One epoch of shuffled (batch_size, d_model) float32 batches from a shuffle buffer."""
@@ -227,7 +254,10 @@ class ActivationStore:
                 yield mx.array(batch)
 
     def sample(self, n_tokens: int) -> mx.array:
-        """Up to `n_tokens` activations (for normalization statistics and decoder-bias init)."""
+        """Up to `n_tokens` activations (for normalization statistics and decoder-bias init).
+
+        The sample ignores `max_token_norm`, so that `norm_limit` can be set from it.
+        """
         rng = random.Random(self.settings.seed - 1)
         if self._cache_complete():
             source = self._cached_chunks(rng)

@@ -11,6 +11,7 @@ from mlxterp.errors import SAEError
 from mlxterp.features import analyze_text, collect_dashboard_data
 from mlxterp.viz import VizError
 from mlxterp.viz.html import validate_record
+from tiny_models import midway_norm
 
 PROMPT = "Sphinx of black quartz"
 
@@ -32,6 +33,23 @@ def test_analyze_text_ranks_features_overall_and_per_token(tiny, tiny_sae):
     assert "attention sink" in str(result) and f"{result.top[0][1]:.3f}" in str(result)
     assert tiny.analyze_text(PROMPT, tiny_sae, top_k=5).top == result.top  # the model's method
     assert list(result) == [(f, a) for f, a, _ in result.top]
+
+
+def test_analyze_text_does_not_rank_tokens_above_the_norm_limit(tiny, make_sae):
+    sae = make_sae(tiny)
+    with tiny.trace(PROMPT) as trace:
+        pass
+    acts = np.array(trace.activations["model.layers.1"])[0]
+    norms = np.linalg.norm(acts, axis=-1)
+    sae.metadata["max_token_norm"] = midway_norm(norms[1:])
+    result = sae.analyze_text(tiny, PROMPT, top_k=5)
+    ranked = norms <= sae.metadata["max_token_norm"]
+    ranked[0] = False
+    assert result.ranked.tolist() == ranked.tolist()
+    peaks = np.where(ranked[:, None], result.codes, -np.inf).max(0)
+    for feature, activation, position in result.top:
+        assert ranked[position] and activation == peaks[feature]
+    assert str(result).count("not ranked") == int((~ranked).sum())
 
 
 def test_analyze_text_errors(tiny, tiny_sae):

@@ -6,6 +6,7 @@ import pytest
 
 from mlxterp.errors import SAEError, TraceError
 from mlxterp.features import ablate, clamp, compare_generations, feature_directions, scale, set_value, splice_sae, steer
+from tiny_models import midway_norm
 
 PROMPT = "The quick brown fox"
 
@@ -39,6 +40,19 @@ def test_splice_without_error_term_replaces_the_activation_by_the_reconstruction
     np.testing.assert_array_equal(hidden[:, 0], x[:, 0])  # the attention sink is left alone
     np.testing.assert_allclose(hidden[:, 1:], np.array(tiny_sae(mx.array(x[:, 1:]))), atol=1e-5)
     assert np.abs(logits - clean).max() > 1e-2
+
+
+def test_splices_leave_tokens_above_the_norm_limit_alone(tiny, make_sae):
+    sae = make_sae(tiny)
+    x, _, _ = clean_run(tiny, sae)
+    norms = np.linalg.norm(x[0], axis=-1)
+    sae.metadata["max_token_norm"] = midway_norm(norms[1:])
+    above = norms > sae.metadata["max_token_norm"]
+    assert above[1:].any() and not above[1:].all()
+    hidden, _ = edited_run(tiny, sae, lambda: splice_sae(sae, tiny, error_term=False))
+    np.testing.assert_array_equal(hidden[0, above], x[0, above])
+    np.testing.assert_allclose(hidden[0, ~above][1:], np.array(sae(mx.array(x[0, ~above][1:]))), atol=1e-5)
+    assert np.array(sae.within_norm_limit(mx.array(x[0]))).tolist() == (~above).tolist()
 
 
 def expected_after(sae, x, edit_codes):

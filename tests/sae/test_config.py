@@ -23,6 +23,7 @@ def test_seed_examples_construct():
 def test_defaults_and_derived_values():
     cfg = SAEConfig()
     assert (cfg.architecture, cfg.batch_size, cfg.drop_first_tokens, cfg.auxk_coefficient) == ("topk", 4096, 1, 1 / 32)
+    assert cfg.max_norm_ratio == 10.0
     assert cfg.resolved_learning_rate(2**14) == pytest.approx(2e-4)
     assert cfg.resolved_learning_rate(2**16) == pytest.approx(1e-4)
     assert SAEConfig(learning_rate=3e-4).resolved_learning_rate(2**16) == 3e-4
@@ -51,6 +52,7 @@ def test_dict_round_trip():
         ("min_lr_ratio", 1.5), ("gradient_clip", 0.0), ("num_epochs", 0), ("batch_size", 0),
         ("validation_split", 1.0), ("validation_split", -0.1), ("seed", 1.5), ("context_length", 0),
         ("drop_first_tokens", -1), ("drop_first_tokens", 256), ("drop_special_tokens", None),
+        ("max_norm_ratio", 1.0), ("max_norm_ratio", -5.0), ("max_norm_ratio", "10"),
         ("log_every", 0), ("checkpoint_every", 0), ("use_wandb", 1), ("wandb_project", 3),
         ("wandb_tags", "sae"), ("wandb_tags", [1]),
     ],
@@ -62,6 +64,6 @@ def test_invalid_values_name_the_field(field, value):
 
 def test_optional_fields_accept_none():
     cfg = SAEConfig(learning_rate=None, gradient_clip=None, k_aux=None, checkpoint_every=None,
-                    resample_dead_every=None)
+                    resample_dead_every=None, max_norm_ratio=None)
     assert cfg.gradient_clip is None and cfg.batch_size == 4096
     assert SAEConfig(batch_size=1).batch_size == 1

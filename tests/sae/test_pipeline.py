@@ -1,5 +1,7 @@
 """model.train_sae / model.load_sae on a tiny model: metadata, validation, caching, wrong-model errors."""
 
+import dataclasses
+
 import mlx.core as mx
 import numpy as np
 import pytest
@@ -8,6 +10,8 @@ from mlxterp import InterpretableModel
 from mlxterp.errors import DataError, SAEError, TraceError
 from mlxterp.sae.config import SAEConfig
 from mlxterp.sae.model import SAE
+from mlxterp.sae.store import ActivationStore, StoreSettings, split_documents
+from mlxterp.sae.train import INIT_TOKENS
 from tiny_models import byte_tokenizer, tiny_model
 
 TEXTS = [f"document {i}: " + "some words here and there " * (3 + i % 5) for i in range(120)]
@@ -39,6 +43,25 @@ def test_train_sae_records_where_it_was_trained(trained, model):
     assert final["val/explained_variance"] > 0.5
     assert final["l0"] == pytest.approx(8.0)
     assert path.exists()
+
+
+def test_tokens_above_the_norm_limit_are_left_out(trained, model):
+    meta = trained[0].metadata
+    train_texts, _ = split_documents(TEXTS, CONFIG.validation_split, CONFIG.seed)
+    store = ActivationStore(model, train_texts, StoreSettings(layer=1, component="mlp", context_length=64),
+                            progress=False)
+    sample_norms = np.linalg.norm(np.asarray(store.sample(INIT_TOKENS)), axis=1)
+    assert meta["max_norm_ratio"] == 10.0
+    assert meta["max_token_norm"] == pytest.approx(10 * np.median(sample_norms), rel=1e-5)
+
+    tight = dataclasses.replace(CONFIG, num_epochs=1, max_norm_ratio=1.05)
+    sae = model.train_sae(layer=1, dataset=TEXTS, component="mlp", config=tight, progress=False)
+    assert sae.metadata["max_token_norm"] == pytest.approx(1.05 * np.median(sample_norms), rel=1e-5)
+    fraction = sae.metadata["norm_outlier_fraction"]
+    assert fraction == pytest.approx((sample_norms > sae.metadata["max_token_norm"]).mean())
+    assert 0.1 < fraction < 0.5
+    val_tokens = lambda s: s.metadata["training"]["final_metrics"]["val/n_tokens"]  # noqa: E731
+    assert val_tokens(sae) < val_tokens(trained[0])
 
 
 def test_seed_003_snippet_encode_decode(trained, model):

@@ -6,7 +6,7 @@ import pytest
 
 from mlxterp import InterpretableModel
 from mlxterp.errors import DataError, TraceError
-from mlxterp.sae.store import ActivationStore, StoreSettings, split_documents
+from mlxterp.sae.store import ActivationStore, StoreSettings, norm_limit, split_documents, within_limit
 from tiny_models import D, byte_tokenizer, tiny_model
 
 TEXTS = [f"document number {i}: " + "some words here " * (3 + i % 5) for i in range(40)]
@@ -92,3 +92,24 @@ def test_store_errors(model):
         ActivationStore(model, [eos * 200], settings())
     with pytest.raises(DataError, match="empty"):
         split_documents(["", "  "], 0.1, seed=0)
+
+
+def test_norm_limit_is_the_ratio_times_the_median_norm():
+    sample = np.zeros((5, 4), dtype=np.float32)
+    sample[:, 0] = [1.0, 2.0, 3.0, 4.0, 500.0]
+    assert norm_limit(sample, 10.0) == pytest.approx(30.0)
+    assert norm_limit(sample, None) is None
+    assert within_limit(sample, 30.0).tolist() == [True, True, True, True, False]
+    with pytest.raises(DataError, match="empty sample"):
+        norm_limit(np.zeros((0, 4), dtype=np.float32), 10.0)
+
+
+def test_max_token_norm_drops_exactly_the_larger_tokens(model, tmp_path):
+    store = ActivationStore(model, TEXTS, settings(), cache_dir=tmp_path, progress=False)
+    every = np.concatenate(list(store.chunks()))
+    limit = float(np.median(np.linalg.norm(every, axis=1)))
+    store.max_token_norm = limit
+    served = np.concatenate([np.array(b) for b in store.batches(64)])  # read from the cache
+    assert len(served) == int((np.linalg.norm(every, axis=1) <= limit).sum()) < len(every)
+    assert np.linalg.norm(served, axis=1).max() <= limit
+    assert len(np.asarray(store.sample(10_000))) == len(every)  # the sample ignores the limit
