@@ -3,10 +3,10 @@
 Trains on the residual stream of a middle layer of SmolLM2-135M (default layer 15) over
 WikiText-2 (test split, from ../shared/data), 16x expansion, k=32, for at least 1M training
 tokens (several epochs over cached activations), with every second article held out. Prints:
-explained variance, FVU, L0 (all over tokens below the SAE's norm limit), the fraction of latents that never fire on the held-out tokens
-(at least 100k), CE loss recovered with the SAE spliced in, and the SAE training throughput
-(tokens/s on cached activations) beside a plain float32 matmul of the encoder's size measured
-in the same run.
+explained variance, FVU, L0 (all over tokens below the SAE's norm limit), the fraction of
+latents that never fire on the held-out tokens (at least 100k), CE loss recovered with the
+SAE spliced in, and the SAE training throughput (tokens/s on cached activations) beside a plain
+float32 matmul of the encoder's size measured in the same run.
 
     python benchmarks/sae_smollm2.py [--layer 15] [--min-train-tokens 1000000] [--out benchmarks/results]
 """

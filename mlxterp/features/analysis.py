@@ -22,8 +22,9 @@ class AnalysisResult:
 
     `codes` (n_tokens, d_hidden) are the SAE codes of every token. `top` lists the `top_k`
     features with the largest activation over the `ranked` tokens (from `drop_first` on, less
-    those above the SAE's norm limit), as (feature, activation, token position), strongest first. `per_token[t]` lists token t's own
-    top features as (feature, activation). Iterating yields (feature, activation) of `top`.
+    those above the SAE's norm limit), as (feature, activation, token position), strongest
+    first. `per_token[t]` lists token t's own top features as (feature, activation). Iterating
+    yields (feature, activation) of `top`.
     """
 
     prompt: str

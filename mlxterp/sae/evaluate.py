@@ -111,8 +111,8 @@ def evaluate_sae(
     """Evaluate `sae` on `model`'s activations over `dataset` (default: the bundled corpus).
 
     Returns MSE, explained variance, FVU, L0, dead and dense fractions and reconstruction cosine
-    over `n_tokens` held-out tokens (less those above the SAE's norm limit), plus the downstream CE numbers of `downstream_metrics` over
-    `n_ce_contexts` contexts. Layer, component, context length and dropped positions default to
+    over `n_tokens` held-out tokens (less those above the SAE's norm limit), plus the downstream
+    CE numbers of `downstream_metrics` over `n_ce_contexts` contexts. Layer, component, context length and dropped positions default to
     what the SAE was trained with (its metadata).
     """
     from ..data import load_texts

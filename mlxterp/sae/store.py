@@ -5,9 +5,9 @@ context's first `drop_first_tokens` positions (the attention sink: on SmolLM2 it
 is ~100x the others) and every special or padding token are dropped, so that neither training
 nor any metric describes an outlier token. With `max_token_norm` set (`norm_limit`), tokens whose
 activation norm exceeds it are dropped too: SmolLM2 puts a second sink at position 1 of ~10% of
-contexts. Tokens from many documents are mixed in a shuffle buffer; memory stays bounded by the buffer, whatever the dataset size. With `cache_dir`, the
-first pass writes safetensors shards and later epochs (or another SAE on the same hook point)
-read them instead of running the model.
+contexts. Tokens from many documents are mixed in a shuffle buffer; memory stays bounded by the
+buffer, whatever the dataset size. With `cache_dir`, the first pass writes safetensors shards
+and later epochs (or another SAE on the same hook point) read them instead of running the model.
 """
 
 from __future__ import annotations
