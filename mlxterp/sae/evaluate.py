@@ -59,7 +59,9 @@ def downstream_metrics(
         return mx.where(sae.within_norm_limit(x)[..., None], sae(x), x).astype(x.dtype)
 
     def spliced_with_error(x: mx.array) -> mx.array:
-        return mx.where(sae.within_norm_limit(x)[..., None], sae(x) + (x - sae(x)), x).astype(x.dtype)
+        reconstruction = sae(x)
+        out = reconstruction + (x - reconstruction)
+        return mx.where(sae.within_norm_limit(x)[..., None], out, x).astype(x.dtype)
 
     variants = {"clean": None, "sae": spliced, "sae_with_error": spliced_with_error,
                 "zero_ablation": mx.zeros_like}
