@@ -30,8 +30,8 @@ from mlxterp.io_utils import atomic_write_text  # noqa: E402
 from mlxterp.sae.config import SAEConfig  # noqa: E402
 from mlxterp.sae.evaluate import evaluate_sae  # noqa: E402
 from mlxterp.sae.model import SAE  # noqa: E402
-from mlxterp.sae.store import ActivationStore, StoreSettings, norm_limit  # noqa: E402
-from mlxterp.sae.train import INIT_TOKENS, SAETrainer  # noqa: E402
+from mlxterp.sae.store import ActivationStore, StoreSettings, norm_limit, within_limit  # noqa: E402
+from mlxterp.sae.train import SAETrainer  # noqa: E402
 
 WIKITEXT = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "wikitext-2-raw-test.txt"
 ARTICLE_HEADING = re.compile(r"^ = [^=].* = $", re.M)
@@ -81,9 +81,11 @@ def main() -> None:
     # 1. Activations, cached on disk (the model runs once over the training text).
     start = time.perf_counter()
     store = ActivationStore(model, train_texts, settings, cache_dir=out / "activation_cache")
-    # As train_sae does: tokens above max_norm_ratio x the median norm (attention sinks) are left out.
-    store.max_token_norm = norm_limit(store.sample(INIT_TOKENS), config.max_norm_ratio)
-    train_acts = mx.array(np.concatenate(list(store.chunks())))
+    every = np.concatenate(list(store.chunks()))
+    # As train_sae does (there from a sample): tokens above max_norm_ratio x the median norm, the
+    # attention sinks, are left out.
+    limit = norm_limit(every, config.max_norm_ratio)
+    train_acts = mx.array(every[np.array(within_limit(every, limit))])
     mx.eval(train_acts)
     collect_s = time.perf_counter() - start
     epochs = -(-args.min_train_tokens // len(train_acts))
@@ -97,7 +99,7 @@ def main() -> None:
     sae.metadata.update({"model_name": model.name, "layer": args.layer, "component": "output",
                          "context_length": config.context_length,
                          "drop_first_tokens": config.drop_first_tokens,
-                         "max_token_norm": store.max_token_norm})
+                         "max_token_norm": limit})
     trainer = SAETrainer(sae, config)
     start = time.perf_counter()
     trainer.fit(train_acts)

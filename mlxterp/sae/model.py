@@ -12,6 +12,7 @@ from ..errors import SAEError
 from . import normalize as norm
 from .config import ARCHITECTURES, B_DEC_INITS, SAEConfig, resolve_normalization
 from .sparse_ops import sparse_decode, topk_encode
+from .store import within_limit
 
 # BatchTopK threshold: running mean of the per-batch threshold for the first 1/THRESHOLD_EMA
 # updates, then an EMA with this weight (forgets the estimates of early, untrained weights).
@@ -299,11 +300,7 @@ class SAE(nn.Module):
 
         Larger tokens are attention sinks: splices leave them as they are and scans skip them.
         """
-        limit = self._metadata.get("max_token_norm")
-        x = mx.array(x)
-        if limit is None:
-            return mx.ones(x.shape[:-1], dtype=mx.bool_)
-        return mx.linalg.norm(x.astype(mx.float32), axis=-1) <= limit
+        return within_limit(x, self._metadata.get("max_token_norm"))
 
     def __call__(self, x: mx.array) -> mx.array:
         """Reconstruction (..., d_model) of raw activations `x` (..., d_model), in float32."""

@@ -63,7 +63,7 @@ def train_sae_on_model(
     for store in (train, val):
         if store is not None:
             store.max_token_norm = limit
-    init_kept = within_limit(init_sample, limit)
+    init_kept = np.array(within_limit(init_sample, limit))
     metadata = {
         "model_name": model.name,
         "layer": layer,

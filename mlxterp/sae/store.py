@@ -101,11 +101,13 @@ def norm_limit(sample, max_norm_ratio: float | None) -> float | None:
     return float(max_norm_ratio * np.median(norms))
 
 
-def within_limit(acts: np.ndarray, max_token_norm: float | None) -> np.ndarray:
-    """(n,) bool: True for the rows of `acts` (n, d_model) whose norm is at most `max_token_norm`."""
+def within_limit(acts, max_token_norm: float | None) -> mx.array:
+    """(...,) bool: True where a token of `acts` (..., d_model) has norm at most `max_token_norm`
+    (every token when it is None)."""
+    acts = mx.array(acts)
     if max_token_norm is None:
-        return np.ones(len(acts), dtype=bool)
-    return np.linalg.norm(acts, axis=-1) <= max_token_norm
+        return mx.ones(acts.shape[:-1], dtype=mx.bool_)
+    return mx.linalg.norm(acts.astype(mx.float32), axis=-1) <= max_token_norm
 
 
 class ActivationStore:
@@ -232,7 +234,9 @@ class ActivationStore:
             order = np.arange(len(self.contexts))
             rng.shuffle(order)
             source = self._chunks_writing_cache(order) if self.cache_dir is not None else self._model_chunks(order)
-        return (chunk[within_limit(chunk, self.max_token_norm)] for chunk in source)
+        if self.max_token_norm is None:
+            return source
+        return (chunk[np.array(within_limit(chunk, self.max_token_norm))] for chunk in source)
 
     def batches(self, batch_size: int, drop_last: bool = False) -> Iterator[mx.array]:
         """One epoch of shuffled (batch_size, d_model) float32 batches from a shuffle buffer."""
