@@ -12,10 +12,11 @@ statistics for every feature). With --records, also the dashboard records of eve
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
-os.environ.setdefault("MLXTERP_AUTO_BLAS", "1")  # importing mlxterp re-executes with OpenBLAS
+from mlxterp.platform import use_fast_blas  # noqa: E402
+
+use_fast_blas()  # on Linux, re-executes with OpenBLAS preloaded
 
 import mlx.core as mx  # noqa: E402
 
@@ -23,7 +24,8 @@ from mlxterp import InterpretableModel  # noqa: E402
 from mlxterp.data import load_texts  # noqa: E402
 from mlxterp.features.examples import ExampleCollector, ExampleSet  # noqa: E402
 from mlxterp.features.report import feature_records  # noqa: E402
-from mlxterp.features.scan import pack_documents, scan  # noqa: E402
+from mlxterp.activations import ContextSettings, pack_texts  # noqa: E402
+from mlxterp.features.scan import scan  # noqa: E402
 from mlxterp.features.stats import StatsCollector  # noqa: E402
 from mlxterp.sae.model import SAE  # noqa: E402
 
@@ -59,13 +61,13 @@ def main() -> None:
     model = InterpretableModel.default()
     sae = SAE(model.d_model, model.d_model * args.expansion, k=args.k)
     sae.metadata.update(layer=args.layer, component="output", model_name=model.name)
-    options = dict(n_tokens=args.n_tokens, batch_size=args.batch_size)
+    options = dict(n_tokens=args.n_tokens, contexts_per_forward=args.batch_size)
     texts = load_texts(None)
     n = sae.d_hidden
 
-    contexts, pack_s = _timed(lambda: pack_documents(model, texts, 256, 1, args.n_tokens))
-    _forward_only(model, pack_documents(model, texts[:4], 256, 1, 2048), model.activation_path(args.layer), 8)  # warm-up
-    _, forward_s = _timed(lambda: _forward_only(model, contexts, model.activation_path(args.layer), args.batch_size))
+    contexts, pack_s = _timed(lambda: pack_texts(model, texts, ContextSettings(), args.n_tokens))
+    _forward_only(model, pack_texts(model, texts[:4], ContextSettings(), 2048), model.hook_point(args.layer).path, 8)  # warm-up
+    _, forward_s = _timed(lambda: _forward_only(model, contexts, model.hook_point(args.layer).path, args.batch_size))
     _, encode_s = _timed(lambda: scan(sae, model, texts, [_Null()], **options))
     collectors = [ExampleCollector(n, 20, 64, 16, 8, seed=0), StatsCollector(n)]
     scanned, full_s = _timed(lambda: scan(sae, model, texts, collectors, **options))

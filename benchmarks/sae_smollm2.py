@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import time
 from pathlib import Path
 
-os.environ.setdefault("MLXTERP_AUTO_BLAS", "1")  # importing mlxterp re-executes with OpenBLAS
+from mlxterp.platform import use_fast_blas  # noqa: E402
+
+use_fast_blas()  # on Linux, re-executes with OpenBLAS preloaded
 
 import mlx.core as mx  # noqa: E402
 import numpy as np  # noqa: E402
@@ -28,9 +29,9 @@ import numpy as np  # noqa: E402
 from mlxterp import InterpretableModel  # noqa: E402
 from mlxterp.io_utils import atomic_write_text  # noqa: E402
 from mlxterp.sae.config import SAEConfig  # noqa: E402
-from mlxterp.sae.evaluate import evaluate_sae  # noqa: E402
+from mlxterp.features import evaluate_sae  # noqa: E402
 from mlxterp.sae.model import SAE  # noqa: E402
-from mlxterp.sae.store import ActivationStore, StoreSettings, norm_limit, within_limit  # noqa: E402
+from mlxterp.activations import ActivationStore, norm_limit, within_limit  # noqa: E402
 from mlxterp.sae.train import SAETrainer  # noqa: E402
 
 WIKITEXT = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "wikitext-2-raw-test.txt"
@@ -75,12 +76,11 @@ def main() -> None:
     val_texts = articles[:: args.heldout_every]
     train_texts = [a for i, a in enumerate(articles) if i % args.heldout_every]
     config = SAEConfig(expansion_factor=args.expansion_factor, k=args.k, validation_split=0.0)
-    settings = StoreSettings(layer=args.layer, component="output", context_length=config.context_length,
-                             drop_first_tokens=config.drop_first_tokens, seed=config.seed)
 
     # 1. Activations, cached on disk (the model runs once over the training text).
     start = time.perf_counter()
-    store = ActivationStore(model, train_texts, settings, cache_dir=out / "activation_cache")
+    store = ActivationStore(model, train_texts, model.hook_point(args.layer, "output"), config.contexts,
+                            cache_dir=out / "activation_cache", seed=config.seed)
     every = np.concatenate(list(store.chunks()))
     # As train_sae does (there from a sample): tokens above max_norm_ratio x the median norm, the
     # attention sinks, are left out.

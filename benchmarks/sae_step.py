@@ -17,20 +17,17 @@ plain float32 (n, d) @ (d, m) matmul measured in the same run.
     python benchmarks/sae_step.py --steps 10 --warmup 2
     python benchmarks/sae_step.py --data acts.npy      # (n_tokens, 768) float32/float16 activations
 
-Run on Linux with OpenBLAS preloaded (importing mlxterp re-executes with it when installed).
+Run on Linux with OpenBLAS preloaded (use_fast_blas() below re-executes with it when installed).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import time
-from functools import partial
 
-os.environ.setdefault("MLXTERP_AUTO_BLAS", "1")  # importing mlxterp re-executes with OpenBLAS
-# mlxterp first: its check looks for "openblas" among the loaded libraries, and numpy's bundled
-# libscipy_openblas would satisfy it while MLX still runs on the wheel's reference BLAS.
-import mlxterp  # noqa: E402, F401
+from mlxterp.platform import use_fast_blas  # noqa: E402
+
+use_fast_blas()  # on Linux, re-executes with OpenBLAS preloaded
 
 import mlx.core as mx  # noqa: E402
 import mlx.optimizers as optim  # noqa: E402
@@ -38,7 +35,8 @@ import numpy as np  # noqa: E402
 
 from mlxterp.sae.config import SAEConfig  # noqa: E402
 from mlxterp.sae.model import SAE  # noqa: E402
-from mlxterp.sae.train import SAETrainer, lr_at  # noqa: E402
+from mlxterp.sae.optim import training_cache_limit  # noqa: E402
+from mlxterp.sae.train import STEP_SUMS, SAETrainer  # noqa: E402
 
 
 def synthetic_batches(n_batches: int, batch: int, d: int, seed: int = 0) -> list[mx.array]:
@@ -69,8 +67,7 @@ def build_trainer(d_model: int, config: SAEConfig, sample: mx.array, total_steps
     sae = SAE.from_config(d_model, config)
     trainer = SAETrainer(sae, config)
     trainer.total_steps = total_steps
-    schedule = partial(lr_at, peak=trainer.peak_lr, config=config, total_steps=total_steps)
-    trainer.optimizer = optim.Adam(learning_rate=schedule, bias_correction=True)
+    trainer.optimizer = optim.Adam(learning_rate=trainer.peak_lr, bias_correction=True)
     trainer.optimizer.init(sae.trainable_parameters())
     sae.fit_normalization(sample)
     sae.init_b_dec(sample, "mean")  # the geometric median costs seconds and does not change the step
@@ -128,15 +125,15 @@ def main() -> None:
                else synthetic_batches(n_distinct, n, d))
     mx.eval(batches)
     trainer = build_trainer(d, config, mx.concatenate(batches[:2]), total)
-    step = trainer._build_step(False)  # no dead latents yet (as in the first 1M tokens of fit)
     plan = [batches[i % n_distinct] for i in range(total)]
-
-    start = time.perf_counter()
-    run_steps(trainer, step, plan[: args.warmup])
-    warm_s = time.perf_counter() - start
-    start = time.perf_counter()
-    run_steps(trainer, step, plan[args.warmup :])
-    timed_s = time.perf_counter() - start
+    with training_cache_limit():  # as fit trains
+        step = trainer._build_step(False)  # no dead latents yet (as in the first 1M tokens of fit)
+        start = time.perf_counter()
+        run_steps(trainer, step, plan[: args.warmup])
+        warm_s = time.perf_counter() - start
+        start = time.perf_counter()
+        run_steps(trainer, step, plan[args.warmup :])
+        timed_s = time.perf_counter() - start
 
     sums = np.array(trainer.counters["metric_sum"]) / total
     tok_s = args.steps * n / timed_s
@@ -144,7 +141,8 @@ def main() -> None:
     print(f"mlx {mx.__version__}  device {mx.default_device()}  shape d={d} m={m} k={k} batch={n}")
     print(f"warm-up {args.warmup} steps {warm_s:.2f} s; timed {args.steps} steps {timed_s:.2f} s "
           f"({1e3 * timed_s / args.steps:.0f} ms/step)")
-    print(f"mean loss {sums[0]:.4f}  fvu {sums[1]:.4f}  l0 {sums[5]:.1f}")
+    metric = dict(zip(STEP_SUMS, sums))
+    print(f"mean loss {metric['loss']:.4f}  fvu {metric['fvu']:.4f}  l0 {metric['l0']:.1f}")
     print(f"tokens/s {tok_s:,.0f}")
     print(f"step GFLOP/s {flops:.1f}")
     if not args.no_matmul:

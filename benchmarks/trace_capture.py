@@ -15,9 +15,10 @@ import sys
 import time
 from pathlib import Path
 
-import os
 
-os.environ.setdefault("MLXTERP_AUTO_BLAS", "1")  # importing mlxterp re-executes with OpenBLAS
+from mlxterp.platform import use_fast_blas  # noqa: E402
+
+use_fast_blas()  # on Linux, re-executes with OpenBLAS preloaded
 
 import mlx.core as mx  # noqa: E402
 import numpy as np  # noqa: E402

@@ -7,10 +7,11 @@ The findings are written up in docs/features.md ("Three features of the main job
 """
 
 import argparse
-import os
 import re
 
-os.environ.setdefault("MLXTERP_AUTO_BLAS", "1")  # re-executes with OpenBLAS on Linux
+from mlxterp.platform import use_fast_blas  # noqa: E402
+
+use_fast_blas()  # on Linux, re-executes with OpenBLAS preloaded
 
 import mlx.core as mx  # noqa: E402
 import numpy as np  # noqa: E402

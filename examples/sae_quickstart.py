@@ -7,9 +7,10 @@ bigger model id (e.g. mlx-community/Llama-3.2-1B-Instruct) with --model.
 """
 
 import argparse
-import os
 
-os.environ.setdefault("MLXTERP_AUTO_BLAS", "1")  # re-executes with OpenBLAS on Linux
+from mlxterp.platform import use_fast_blas  # noqa: E402
+
+use_fast_blas()  # on Linux, re-executes with OpenBLAS preloaded
 
 import mlx.core as mx  # noqa: E402
 import numpy as np  # noqa: E402

@@ -10,14 +10,15 @@ pass --model mlx-community/Llama-3.2-1B-Instruct --layer 10 and drop --max-token
 """
 
 import argparse
-import os
 from pathlib import Path
 
-os.environ.setdefault("MLXTERP_AUTO_BLAS", "1")  # re-executes with OpenBLAS on Linux
+from mlxterp.platform import use_fast_blas  # noqa: E402
+
+use_fast_blas()  # on Linux, re-executes with OpenBLAS preloaded
 
 from mlxterp import InterpretableModel, SAEConfig, evaluate_sae  # noqa: E402
 from mlxterp.data import default_corpus, load_texts  # noqa: E402
-from mlxterp.sae.store import split_documents  # noqa: E402
+from mlxterp.data import split_documents  # noqa: E402
 
 LOCAL_WIKITEXT = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "wikitext-2-raw-test.txt"
 

@@ -9,7 +9,9 @@ unset) the run is logged offline under ./wandb; upload it later with `wandb sync
 import argparse
 import os
 
-os.environ.setdefault("MLXTERP_AUTO_BLAS", "1")  # re-executes with OpenBLAS on Linux
+from mlxterp.platform import use_fast_blas  # noqa: E402
+
+use_fast_blas()  # on Linux, re-executes with OpenBLAS preloaded
 
 from mlxterp import InterpretableModel, SAEConfig  # noqa: E402
 from mlxterp.data import default_corpus  # noqa: E402

@@ -3,9 +3,10 @@
     python examples/trace_and_edit.py
 """
 
-import os
 
-os.environ.setdefault("MLXTERP_AUTO_BLAS", "1")  # re-executes with OpenBLAS on Linux
+from mlxterp.platform import use_fast_blas  # noqa: E402
+
+use_fast_blas()  # on Linux, re-executes with OpenBLAS preloaded
 
 import mlx.core as mx  # noqa: E402
 

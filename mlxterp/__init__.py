@@ -1,19 +1,20 @@
-"""mlxterp: interpretability for MLX language models (tracing, SAEs, features, steering)."""
+"""mlxterp: interpretability for MLX language models (tracing, SAEs, features, steering).
 
-from .platform import configure_blas
+Importing it has no side effects; the `mlxterp` command, the scripts and examples call
+`mlxterp.platform.use_fast_blas()` themselves.
+"""
 
-configure_blas()
-
-from .features import (  # noqa: E402
+from .activations import ContextSettings
+from .features import (
     FeatureSet,
     SAEFeature,
     ablate,
     analyze_text,
     clamp,
     compare_generations,
+    evaluate_sae,
     feature_stats,
     get_top_activating_texts,
-    launch_dashboard,
     logit_lens,
     scale,
     set_value,
@@ -21,15 +22,18 @@ from .features import (  # noqa: E402
     steer,
     top_activating_examples,
 )
-from .model import InterpretableModel  # noqa: E402
-from .patching import PatchingResult, activation_patching  # noqa: E402
-from .sae import SAE, SAEConfig, SAETrainer, train_sae_on_activations  # noqa: E402
-from .sae.evaluate import evaluate_sae  # noqa: E402
-from .sae.io import load_sae  # noqa: E402
+from .hookpoint import HookPoint
+from .model import InterpretableModel
+from .patching import PatchingResult, activation_patching
+from .sae import SAE, FeatureStats, SAEConfig, SAETrainer, load_sae, train_sae_on_activations
+from .viz import launch_dashboard, visualize_feature
 
 __version__ = "0.1.0"
 __all__ = [
+    "ContextSettings",
     "FeatureSet",
+    "FeatureStats",
+    "HookPoint",
     "InterpretableModel",
     "PatchingResult",
     "SAE",
@@ -53,5 +57,6 @@ __all__ = [
     "steer",
     "top_activating_examples",
     "train_sae_on_activations",
+    "visualize_feature",
     "__version__",
 ]

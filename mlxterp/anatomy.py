@@ -9,6 +9,8 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from .errors import TraceError
+from .hookpoint import COMPONENT_ALIASES as COMPONENT_NAMES
+from .hookpoint import HookPoint, canonical_component
 
 LAYER_LIST_NAMES = ("layers", "h", "blocks")
 EMBED_NAMES = ("embed_tokens", "wte", "embed_in")
@@ -17,16 +19,6 @@ UNEMBED_NAMES = ("lm_head", "embed_out")
 ATTN_NAMES = ("self_attn", "attn", "attention")
 MLP_NAMES = ("mlp", "feed_forward", "ffn")
 
-COMPONENT_ALIASES = {
-    "mlp": "mlp",
-    "attn": "attn",
-    "attention": "attn",
-    "self_attn": "attn",
-    "output": "output",
-    "resid": "output",
-    "residual": "output",
-    "block": "output",
-}
 
 
 @dataclass(frozen=True)
@@ -49,8 +41,8 @@ class Anatomy:
     def layer_path(self, layer: int) -> str:
         return f"{self.layers_path}.{layer}"
 
-    def component_path(self, layer: int, component: str = "output") -> str:
-        """Module path of `component` ("mlp", "attn", "output"/"resid") of block `layer`.
+    def hook_point(self, layer: int, component: str = "output") -> HookPoint:
+        """The HookPoint of `component` ("mlp", "attn", "output"/"resid") of block `layer`.
 
         Negative layers count from the end, as in Python.
         """
@@ -58,8 +50,30 @@ class Anatomy:
         kind = canonical_component(component)
         base = self.layer_path(layer)
         if kind == "output":
-            return base
-        return f"{base}.{self.mlp_name if kind == 'mlp' else self.attn_name}"
+            return HookPoint(layer, kind, base)
+        return HookPoint(layer, kind, f"{base}.{self.mlp_name if kind == 'mlp' else self.attn_name}")
+
+    def parse_hook_point(self, name: str, layer: int | None = None) -> HookPoint:
+        """A HookPoint from what a user types: a component ("mlp", "attn", "resid", "output")
+        with `layer`, or a module path ("model.layers.3.mlp", "model.layers.3")."""
+        if not isinstance(name, str) or not name:
+            raise TraceError(f"a hook point is a component name or a module path, got {name!r}")
+        if name.lower() in COMPONENT_NAMES:
+            if layer is None:
+                raise TraceError(f"component {name!r} needs a layer: pass layer=...")
+            return self.hook_point(layer, name)
+        found = self.layer_of(name)
+        if found is not None:
+            for kind in ("output", "mlp", "attn"):
+                point = self.hook_point(found, kind)
+                if point.path == name:
+                    if layer is not None and self.check_layer(layer) != found:
+                        raise TraceError(f"{name!r} lies in layer {found}, not layer {layer}")
+                    return point
+        raise TraceError(
+            f"{name!r} is not a hook point: use 'mlp', 'attn' or 'output' (also 'resid') with a "
+            f"layer, or a block's path such as {self.hook_point(0, 'mlp').path!r}"
+        )
 
     def check_layer(self, layer: int) -> int:
         """Return `layer` as a non-negative index, or raise a TraceError saying the valid range."""
@@ -78,16 +92,6 @@ class Anatomy:
         if not path.startswith(prefix):
             return None
         return int(path[len(prefix) :].split(".")[0])
-
-
-def canonical_component(component: str) -> str:
-    """Map a friendly component name to "mlp", "attn" or "output"; raise on unknown names."""
-    kind = COMPONENT_ALIASES.get(str(component).lower())
-    if kind is None:
-        raise TraceError(
-            f"unknown component {component!r}: use 'mlp', 'attn' or 'output' (also 'resid')"
-        )
-    return kind
 
 
 def get_module(root: nn.Module, path: str):

@@ -7,27 +7,25 @@ import json
 import sys
 from pathlib import Path
 
+from .data import load_texts, split_documents
 from .errors import MlxterpError
+from .features import collect_dashboard_data, evaluate_sae
+from .io_utils import atomic_write_text
+from .model import InterpretableModel
+from .pipeline import DEFAULT_COMPONENT
+from .platform import use_fast_blas
+from .sae import SAEConfig
+from .viz import check_port, serve_dashboard, write_dashboard
 
 MODEL_HELP = "model: a Hugging Face repo id, an mlx-lm folder or a .gguf file (default: the embedded SmolLM2-135M-Instruct)"
 DATASET_HELP = "text: a .txt file, a folder of .txt files, or a Hugging Face dataset name like wikitext:wikitext-2-raw-v1:train (default: the bundled corpus)"
 
 
-def _load_model(spec: str | None):
-    from .model import InterpretableModel
-
+def _load_model(spec: str | None) -> InterpretableModel:
     return InterpretableModel(spec or "default")
 
 
-def _texts(spec: str | None, max_texts: int | None = None) -> list[str]:
-    from .data import load_texts
-
-    return load_texts(spec, max_texts=max_texts)
-
-
-def _config(args):
-    from .sae.config import SAEConfig
-
+def _config(args) -> SAEConfig:
     fields = {
         "expansion_factor": args.expansion_factor,
         "k": args.k,
@@ -47,8 +45,9 @@ def _add_training_args(parser: argparse.ArgumentParser, max_tokens: int | None =
     parser.add_argument("--model", help=MODEL_HELP)
     parser.add_argument("--dataset", help=DATASET_HELP)
     parser.add_argument("--layer", type=int, help="block index (default: the middle layer)")
-    parser.add_argument("--component", default="output", choices=["output", "resid", "mlp", "attn"],
-                        help="hook point inside the block (default: output = residual stream)")
+    parser.add_argument("--component", default=DEFAULT_COMPONENT, choices=["mlp", "attn", "output", "resid"],
+                        help=f"hook point inside the block (default: {DEFAULT_COMPONENT}; output = resid = "
+                             "residual stream after the block)")
     parser.add_argument("--expansion-factor", type=int, help="latents per input dimension (default 16)")
     parser.add_argument("--k", type=int, help="active latents per token (default 32)")
     parser.add_argument("--architecture", choices=["topk", "batchtopk", "relu"])
@@ -81,21 +80,17 @@ def _train(args, out: Path, texts: list[str]):
 
 
 def cmd_train(args) -> None:
-    _, sae = _train(args, Path(args.out), _texts(args.dataset))
+    _, sae = _train(args, Path(args.out), load_texts(args.dataset))
     print(f"saved {sae.d_hidden}-latent SAE to {args.out}")
 
 
 def cmd_evaluate(args) -> None:
-    from .sae.evaluate import evaluate_sae
-
     model = _load_model(args.model)
     sae = model.load_sae(args.sae)
-    metrics = evaluate_sae(sae, model, _texts(args.dataset), n_tokens=args.n_tokens,
+    metrics = evaluate_sae(sae, model, load_texts(args.dataset), n_tokens=args.n_tokens,
                            n_ce_contexts=args.ce_contexts, progress=True)
     print(json.dumps(metrics, indent=2))
     if args.out:
-        from .io_utils import atomic_write_text
-
         atomic_write_text(args.out, json.dumps(metrics, indent=2))
 
 
@@ -106,10 +101,7 @@ def cmd_analyze(args) -> None:
 
 
 def _dashboard(model, sae, texts, out_dir: Path, n_tokens: int, serve: bool, port: int) -> Path:
-    from .features.report import collect_dashboard_data
-    from .viz.dashboard import serve_dashboard, write_dashboard
-
-    data = collect_dashboard_data(model, sae, texts, n_tokens=n_tokens)
+    data = collect_dashboard_data(sae, model, texts, n_tokens=n_tokens)
     index = write_dashboard(data, out_dir)
     print(f"dashboard written to {index}")
     if serve:
@@ -120,22 +112,21 @@ def _dashboard(model, sae, texts, out_dir: Path, n_tokens: int, serve: bool, por
 
 
 def cmd_dashboard(args) -> None:
+    if args.serve:
+        check_port(args.port)  # before the scan, which may take minutes
     model = _load_model(args.model)
     sae = model.load_sae(args.sae)
-    _dashboard(model, sae, _texts(args.dataset), Path(args.out), args.n_tokens, args.serve, args.port)
+    _dashboard(model, sae, load_texts(args.dataset), Path(args.out), args.n_tokens, args.serve, args.port)
 
 
 def cmd_run(args) -> None:
     """The main job: train on the default model and corpus, evaluate, write a dashboard."""
-    from .sae.evaluate import evaluate_sae
-    from .io_utils import atomic_write_text
-
-    from .sae.store import split_documents
-
+    if args.serve:
+        check_port(args.port)
     out = Path(args.out)
-    texts = _texts(args.dataset)
+    texts = load_texts(args.dataset)
     if args.eval_dataset:
-        train_texts, eval_texts = texts, _texts(args.eval_dataset)
+        train_texts, eval_texts = texts, load_texts(args.eval_dataset)
     else:
         train_texts, eval_texts = split_documents(texts, 0.1, seed=12345)
     model, sae = _train(args, out / "sae.mlx", train_texts)
@@ -196,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    use_fast_blas()
     args = build_parser().parse_args(argv)
     try:
         args.func(args)

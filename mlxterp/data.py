@@ -11,11 +11,12 @@ import importlib.resources
 import itertools
 import json
 import os
+import random
 import re
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterator, Sequence
 
-from mlxterp.errors import DataError
+from .errors import DataError
 
 CORPUS_FILE = "corpus.jsonl.gz"
 DEFAULT_SPLIT = "train"
@@ -72,6 +73,30 @@ def default_corpus() -> list[str]:
     See `mlxterp/data/CORPUS_LICENSE.md` for its source and format.
     """
     return list(_bundled_corpus())
+
+
+def split_documents(texts: Sequence[str], validation_split: float, seed: int) -> tuple[list[str], list[str]]:
+    """Hold out whole documents: (train, validation) texts, shuffled by `seed`.
+
+    A single document is split at a paragraph boundary near the split point instead.
+    """
+    texts = [t for t in texts if t and t.strip()]
+    if not texts:
+        raise DataError("the dataset is empty: pass at least one non-empty text")
+    if validation_split <= 0:
+        return list(texts), []
+    if len(texts) == 1:
+        text = texts[0]
+        cut = int(len(text) * (1 - validation_split))
+        newline = text.rfind("\n", 0, cut)
+        cut = newline if newline > 0 else cut
+        return [text[:cut]], [text[cut:]]
+    order = list(range(len(texts)))
+    random.Random(seed).shuffle(order)
+    n_val = max(1, round(len(texts) * validation_split))
+    val = [texts[i] for i in order[:n_val]]
+    train = [texts[i] for i in order[n_val:]]
+    return train, val
 
 
 @functools.lru_cache(maxsize=1)

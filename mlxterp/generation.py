@@ -8,13 +8,13 @@ import mlx.core as mx
 from mlx_lm.models.cache import make_prompt_cache
 
 from .errors import TraceError
-from .tracing import HookedRun, Interventions
+from .tracing import HookedRun, InterventionBlock, Interventions
 
 if TYPE_CHECKING:
     from .model import InterpretableModel
 
 
-class Generation:
+class Generation(InterventionBlock):
     """Generates when its `with` block exits, or on first use of `.text` / `.tokens`.
 
     Edits declared in the block apply to the prompt's forward and to every new token's
@@ -47,16 +47,6 @@ class Generation:
         self.interventions = Interventions()
         self._tokens: list[int] | None = None
         self._prompt_ids: list[int] = []
-
-    def __enter__(self) -> "Generation":
-        self.model._enter(self.interventions)
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> bool:
-        self.model._exit(self.interventions)
-        if exc_type is None:
-            self.run()
-        return False
 
     def _prompt_tokens(self) -> list[int]:
         tokenizer = self.model.tokenizer

@@ -1,20 +1,30 @@
-"""InterpretableModel: an mlx-lm model with tracing, generation with edits, and SAE training."""
+"""InterpretableModel: an mlx-lm model with tracing, generation with edits, and SAE training.
+
+The package's facade: it joins the layers below (loading, tracing, activations, sae) and adds
+no logic of its own beyond naming things.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+import functools
+import hashlib
+import os
+from typing import Any, Iterable, Sequence
 
 import mlx.core as mx
 import mlx.nn as nn
+import numpy as np
 
 from .anatomy import Anatomy, get_module, module_names, resolve_anatomy, unembed
+from .envoy import Envoy, EnvoyList, Port
 from .errors import TraceError
-from .tracing import Envoy, EnvoyList, Interventions, Port, Trace
-
-if TYPE_CHECKING:
-    from .generation import Generation
-    from .sae.config import SAEConfig
-    from .sae.model import SAE
+from .generation import Generation
+from .hookpoint import HookPoint
+from .loading import load_model
+from .pipeline import DEFAULT_COMPONENT, train_sae_on_model
+from .platform import warn_if_slow_blas
+from .sae import SAE, SAEConfig, load_sae
+from .tracing import Interventions, Trace
 
 
 class InterpretableModel:
@@ -30,8 +40,7 @@ class InterpretableModel:
     """
 
     def __init__(self, spec: Any = None, tokenizer: Any = None, name: str | None = None):
-        from .loading import load_model
-
+        warn_if_slow_blas()
         loaded = load_model((spec, tokenizer) if tokenizer is not None else spec)
         self.model: nn.Module = loaded.model
         self.tokenizer = loaded.tokenizer
@@ -84,17 +93,25 @@ class InterpretableModel:
         """Every module path, as `trace.activations` and `model.module(...)` spell them."""
         return module_names(self.model)
 
-    def activation_path(self, layer: int, component: str = "output") -> str:
-        """Module path of a friendly (layer, component): component is "mlp", "attn" or "output"."""
-        return self.anatomy.component_path(layer, component)
+    def hook_point(self, layer: int, component: str = "output") -> HookPoint:
+        """The HookPoint of (layer, component), component "mlp", "attn" or "output" (also "resid"),
+        or of a module path given as `component` (e.g. "model.layers.3.mlp"); `.path` is the
+        module path `trace.activations` uses."""
+        return self.anatomy.parse_hook_point(component, layer)
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """What identifies this model whatever it was loaded as: a hash of its architecture,
+        dimensions and a few embedding rows (rounded to float16). SAEs store it."""
+        ids = sorted({0, 1, 2, 3, self.vocab_size // 2, self.vocab_size - 1})
+        rows = self.embedding(mx.array(ids)).astype(mx.float16)
+        digest = hashlib.sha256(f"{type(self.model).__name__}|{self.n_layers}|{self.d_model}|{self.vocab_size}|".encode())
+        digest.update(np.array(rows).tobytes())
+        return digest.hexdigest()[:16]
 
     def standard_paths(self) -> list[str]:
         """What a trace keeps when nothing is asked: every block's output, MLP and attention."""
-        return [
-            self.anatomy.component_path(i, c)
-            for i in range(self.n_layers)
-            for c in ("output", "mlp", "attn")
-        ]
+        return [self.anatomy.hook_point(i, c).path for i in range(self.n_layers) for c in ("output", "mlp", "attn")]
 
     def last_needed_path(self, paths: Iterable[str]) -> str | None:
         """The module after which a forward touching `paths` can stop, or None for all of it."""
@@ -190,15 +207,13 @@ class InterpretableModel:
         seed: int | None = None,
         chat: bool = False,
         stop_at_eos: bool = True,
-    ) -> "Generation":
+    ) -> Generation:
         """Generate from `prompt` with edits declared in a `with` block applied at every step.
 
         `with model.generate("Once", max_tokens=20) as gen: model.layers[5].output.add(v)`
         then `gen.text`; or without a block, `model.generate("Once").text`. Greedy when
         `temperature` is 0 (deterministic).
         """
-        from .generation import Generation
-
         return Generation(self, prompt, max_tokens, temperature, seed, chat, stop_at_eos)
 
     # -- sparse autoencoders --------------------------------------------------------------
@@ -206,39 +221,30 @@ class InterpretableModel:
         self,
         layer: int,
         dataset: Any = None,
-        component: str = "mlp",
-        config: "SAEConfig | None" = None,
-        save_path: str | None = None,
-        cache_dir: str | None = None,
+        component: str = DEFAULT_COMPONENT,
+        config: SAEConfig | None = None,
+        save_path: str | os.PathLike | None = None,
+        cache_dir: str | os.PathLike | None = None,
         max_tokens: int | None = None,
         progress: bool = True,
-    ) -> "SAE":
+    ) -> SAE:
         """Train an SAE on the activations of (`layer`, `component`) over `dataset`.
 
         `dataset`: a list of texts, a .txt file or folder, a Hugging Face dataset or its name,
-        or None for the bundled corpus. `component`: "mlp", "attn" or "output" (residual
-        stream). `config`: an `SAEConfig` (defaults documented in docs/sae.md). With
+        or None for the bundled corpus. `component`: "mlp" (default), "attn" or "output"
+        (residual stream). `config`: an `SAEConfig` (defaults documented in docs/sae.md). With
         `save_path` the SAE is saved there (with checkpoints on the way, resumed if present);
         with `cache_dir` activations are cached on disk. `max_tokens` caps tokens per epoch.
         """
-        from .sae.pipeline import train_sae_on_model
-
         return train_sae_on_model(self, layer, dataset, component, config, save_path, cache_dir,
                                   max_tokens, progress)
 
     def load_sae(
-        self, path: str, layer: int | None = None, component: str | None = None, strict: bool = True
-    ) -> "SAE":
-        """Load a saved SAE, refusing one trained on another model (or layer/component, if given)."""
-        from .sae.pipeline import load_sae_for_model
-
-        return load_sae_for_model(self, path, layer, component, strict)
-
-    def analyze_text(self, prompt: str, sae: "SAE", top_k: int = 10, **options: Any):
-        """The `top_k` features of `sae` on `prompt`, overall and per token (an AnalysisResult)."""
-        from .features.analysis import analyze_text
-
-        return analyze_text(sae, self, prompt, top_k, **options)
+        self, path: str | os.PathLike, layer: int | None = None, component: str | None = None, strict: bool = True
+    ) -> SAE:
+        """Load a saved SAE, refusing one trained on another model (or layer/component, if given);
+        `mlxterp.load_sae(path, model=model, ...)`."""
+        return load_sae(path, self, layer, component, strict)
 
     def _enter(self, interventions: Interventions) -> None:
         if self._interventions is not None:

@@ -75,7 +75,7 @@ def activation_patching(
             f"by position; got {len(clean_ids)} and {len(corrupted_ids)}. Adjust the wording "
             "(model.to_str_tokens shows the tokens)."
         )
-    paths = [model.activation_path(layer, component) for layer in layers]
+    paths = [model.hook_point(layer, component).path for layer in layers]
     with model.trace(clean_ids) as clean_trace:
         for path in paths:
             model.module(path).output.save()

@@ -14,10 +14,10 @@ OPENBLAS_PATHS = (
 )
 INSTALL_HINT = (
     "Install Debian's OpenBLAS (`apt-get install libopenblas0-pthread`) and run through the "
-    "`mlxterp` command (or set MLXTERP_AUTO_BLAS=1), or set LD_PRELOAD=/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3"
+    "`mlxterp` command (or call mlxterp.platform.use_fast_blas() first thing in your script), "
+    "or set LD_PRELOAD=/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3"
 )
 _REEXEC_GUARD = "MLXTERP_BLAS_REEXEC"
-AUTO_BLAS_ENV = "MLXTERP_AUTO_BLAS"
 
 
 def on_cpu() -> bool:
@@ -70,16 +70,27 @@ def reexec_with_fast_blas() -> None:
     os.execve(sys.executable, list(sys.orig_argv), env)
 
 
-def configure_blas() -> None:
-    """At import: entry points re-execute with OpenBLAS; anything else warns once if slow.
-
-    Entry points are the `mlxterp` command and scripts that set MLXTERP_AUTO_BLAS=1 before
-    importing mlxterp (the examples and benchmarks); a plain library import never re-executes.
-    """
-    if not sys.platform.startswith("linux") or fast_blas_loaded():
-        return
-    if os.environ.get(AUTO_BLAS_ENV) == "1" or os.path.basename(sys.argv[0]) == "mlxterp":
+def use_fast_blas() -> None:
+    """For entry points (the `mlxterp` command, scripts, examples, benchmarks): on Linux,
+    re-execute this process with OpenBLAS preloaded when it is installed and not yet loaded;
+    otherwise warn once if MLX is left with the slow reference BLAS. Call it first thing."""
+    if sys.platform.startswith("linux") and not fast_blas_loaded():
         reexec_with_fast_blas()
+    warn_if_slow_blas()
+
+
+_WARNED = False
+
+
+def warn_if_slow_blas() -> None:
+    """Warn once per process when MLX on Linux runs on the mlx-cpu wheel's reference BLAS.
+
+    Importing mlxterp has no side effect; a model is created through this check.
+    """
+    global _WARNED
+    if _WARNED or not sys.platform.startswith("linux") or fast_blas_loaded():
+        return
+    _WARNED = True
     warnings.warn(
         "mlxterp: MLX is using the mlx-cpu wheel's reference BLAS, so float32 matmul runs "
         f"~30x slower than this CPU can. {INSTALL_HINT}.",

@@ -4,4 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/mlxterp run --out runs/default "$@"
+# The main job trains on the residual stream (block 15 output); see docs/sae.md for its figures.
+exec .venv/bin/mlxterp run --component output --out runs/default "$@"

@@ -1,4 +1,4 @@
-"""OpenBLAS handling: entry points re-execute with it preloaded; plain imports warn once."""
+"""OpenBLAS handling: entry points re-execute with it preloaded; importing mlxterp does nothing; a model warns once."""
 
 import sys
 
@@ -12,25 +12,39 @@ def slow_linux(monkeypatch):
     monkeypatch.setattr(sys, "platform", "linux")
     monkeypatch.setattr(platform, "fast_blas_loaded", lambda: False)
     monkeypatch.setattr(platform, "openblas_path", lambda: "/usr/lib/libblas-test.so")
-    monkeypatch.delenv(platform.AUTO_BLAS_ENV, raising=False)
+    monkeypatch.setattr(platform, "_WARNED", False)
     monkeypatch.delenv("MLXTERP_BLAS_REEXEC", raising=False)
     execs = []
     monkeypatch.setattr(platform.os, "execve", lambda exe, argv, env: execs.append((exe, argv, env)))
     return execs
 
 
-def test_plain_import_warns_with_the_fix_and_does_not_reexec(slow_linux, monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["python"])
+def test_library_use_warns_once_with_the_fix_and_does_not_reexec(slow_linux):
     with pytest.warns(RuntimeWarning, match="apt-get install libopenblas0-pthread"):
-        platform.configure_blas()
+        platform.warn_if_slow_blas()
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        platform.warn_if_slow_blas()  # once per process
     assert slow_linux == []
 
 
+def test_importing_mlxterp_has_no_blas_side_effect():
+    """A fresh `import mlxterp` neither re-executes nor warns (entry points and models do that)."""
+    import os
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    code = "import mlxterp; print('imported')"
+    result = subprocess.run([sys.executable, "-W", "error", "-c", code], env=env, capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == "imported", result.stderr
+
+
 def test_entry_points_reexec_with_openblas_preloaded(slow_linux, monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["/usr/bin/mlxterp", "train"])
     monkeypatch.setattr(sys, "orig_argv", ["python", "/usr/bin/mlxterp", "train"])
     with pytest.warns(RuntimeWarning):  # execve is stubbed, so the process goes on and warns
-        platform.configure_blas()
+        platform.use_fast_blas()
     (exe, argv, env), = slow_linux
     assert argv == ["python", "/usr/bin/mlxterp", "train"]
     assert env["LD_PRELOAD"].startswith("/usr/lib/libblas-test.so")
@@ -56,7 +70,7 @@ def test_numpy_bundled_openblas_is_not_taken_for_the_fast_one():
     import os
     import subprocess
 
-    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MLXTERP_AUTO_BLAS")}
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
     code = "import numpy; from mlxterp.platform import fast_blas_loaded; print(fast_blas_loaded())"
     result = subprocess.run([sys.executable, "-W", "ignore", "-c", code], env=env, capture_output=True, text=True)
     assert result.stdout.strip() == "False", result.stderr

@@ -62,20 +62,18 @@ def guide_model(monkeypatch):
 def served_dashboards(monkeypatch):
     """launch_dashboard(...) as the guide calls it (blocking, port 8000), made to serve on a free
     port without blocking; each page is fetched, then the server closed."""
-    import mlxterp.viz
-    from mlxterp.features import report
+    from mlxterp.sae import entry_points
 
     pages = []
-    real_serve, real_check = mlxterp.viz.launch_dashboard, report._check_port_free
+    real_launch = entry_points._FEATURE_TOOLS["launch_dashboard"]
 
-    def serve(data, out_dir, port, block, **kw):
+    def launch(sae, model, dataset, out_dir, port, block, **kw):
         assert (port, block) == (8000, True)
-        with real_serve(data, out_dir, port=0, block=False, **kw) as server:
+        with real_launch(sae, model, dataset, out_dir, 0, False, **kw) as server:
             pages.append(urllib.request.urlopen(server.url, timeout=10).read().decode())
         return server
 
-    monkeypatch.setattr(mlxterp.viz, "launch_dashboard", serve)
-    monkeypatch.setattr(report, "_check_port_free", lambda host, port: real_check(host, 0))
+    monkeypatch.setitem(entry_points._FEATURE_TOOLS, "launch_dashboard", launch)
     return pages
 
 

@@ -6,6 +6,7 @@ import pytest
 from mlx_lm.models.base import create_causal_mask
 
 from mlxterp import InterpretableModel
+from mlxterp.hookpoint import HookPoint
 from mlxterp.errors import TraceError
 from tiny_models import D, FAMILY_ARGS, byte_tokenizer, tiny_model
 
@@ -47,7 +48,7 @@ def test_capture_equals_by_hand_forward(family):
         logits = model.output.save()
     expected = blocks_by_hand(model.model, family, trace.tokens)
     for i, h in enumerate(expected):
-        got = trace.activations[model.activation_path(i)]
+        got = trace.activations[model.hook_point(i).path]
         assert got.shape == (1, len(text), D)
         np.testing.assert_allclose(np.array(got), np.array(h), **TOL)
     np.testing.assert_allclose(np.array(logits.value), np.array(model.model(trace.tokens)), **TOL)
@@ -182,13 +183,22 @@ def test_only_requested_values_are_kept_and_forward_stops_early():
     assert calls == [1]
 
 
-def test_friendly_component_names():
+def test_hook_points_from_the_names_users_type():
     model = wrap("gpt2")
-    assert model.activation_path(1, "attn") == "model.h.1.attn"
-    assert model.activation_path(-1, "resid") == "model.h.2"
-    assert model.activation_path(0, "mlp") == "model.h.0.mlp"
-    with pytest.raises(TraceError, match="unknown component"):
-        model.activation_path(0, "mpl")
+    assert model.hook_point(1, "attn") == HookPoint(1, "attn", "model.h.1.attn")
+    assert model.hook_point(-1, "resid") == HookPoint(2, "output", "model.h.2")
+    assert model.hook_point(0, "mlp").path == "model.h.0.mlp"
+    assert model.hook_point(None, "model.h.1.mlp") == HookPoint(1, "mlp", "model.h.1.mlp")
+    assert model.hook_point(None, "model.h.2") == HookPoint(2, "output", "model.h.2")
+    assert model.hook_point(1, "model.h.1.attn").component == "attn"
+    with pytest.raises(TraceError, match="not a hook point"):
+        model.hook_point(0, "mpl")
+    with pytest.raises(TraceError, match="not a hook point"):
+        model.hook_point(None, "model.h.1.mlp.c_fc")
+    with pytest.raises(TraceError, match="lies in layer 1, not layer 0"):
+        model.hook_point(0, "model.h.1.mlp")
+    with pytest.raises(TraceError, match="needs a layer"):
+        model.hook_point(None, "mlp")
 
 
 def test_modules_restored_even_when_forward_raises():
@@ -209,7 +219,7 @@ def test_errors_are_clear():
     with pytest.raises(TraceError, match="out of range.*3 entries"):
         model.layers[3]
     with pytest.raises(TraceError, match="out of range.*3 layers"):
-        model.activation_path(5)
+        model.hook_point(5)
     with pytest.raises(TraceError, match="Did you mean 'model.layers.0.mlp'"):
         model.module("model.layers.0.mpl")
     with pytest.raises(TraceError, match="no tokens"):

@@ -1,8 +1,12 @@
-"""Finding, naming and steering an SAE's features: top examples, statistics, logit lens, edits.
+"""Finding, naming and steering an SAE's features: top examples, statistics, logit lens, edits,
+and evaluation with the language model.
 
 Every function takes the SAE first and the model second (None: the model the SAE was trained or
-loaded with); the same operations are methods of `SAE` (`sae.analyze_text(model, prompt)`).
+loaded with); the seed's operations are also methods of `SAE` (`sae.analyze_text(model, prompt)`),
+registered here.
 """
+
+from ..sae.entry_points import register_feature_tools
 
 from .analysis import AnalysisResult, analyze_text
 from .decoder import (
@@ -30,8 +34,19 @@ from .interventions import (
     splice_sae,
     steer,
 )
-from .report import collect_dashboard_data, launch_dashboard, visualize_feature
-from .stats import FeatureStats, feature_stats
+from .evaluate import evaluate_sae
+from .report import collect_dashboard_data
+from .stats import feature_stats
+
+register_feature_tools(
+    analyze_text=analyze_text,
+    get_top_activating_texts=get_top_activating_texts,
+    top_activating_examples=top_activating_examples,
+    feature_stats=feature_stats,
+    logit_lens=logit_lens,
+    nearest_features=nearest_features,
+    steer=steer,
+)
 
 __all__ = [
     "AnalysisResult",
@@ -40,7 +55,6 @@ __all__ = [
     "FeatureEdit",
     "FeatureExamples",
     "FeatureSet",
-    "FeatureStats",
     "GenerationComparison",
     "LogitLens",
     "RandomBaseline",
@@ -52,10 +66,10 @@ __all__ = [
     "compare_generations",
     "cosine_similarity",
     "diverse_features",
+    "evaluate_sae",
     "feature_directions",
     "feature_stats",
     "get_top_activating_texts",
-    "launch_dashboard",
     "logit_lens",
     "logit_lens_many",
     "nearest_features",
@@ -66,5 +80,4 @@ __all__ = [
     "splice_sae",
     "steer",
     "top_activating_examples",
-    "visualize_feature",
 ]

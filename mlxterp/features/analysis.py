@@ -9,7 +9,9 @@ import mlx.core as mx
 import numpy as np
 
 from ..errors import SAEError
-from .hookpoint import hook_point, resolve_model, sae_layer
+from ..activations import ContextSettings
+from ..hookpoint import HookPoint
+from ..sae.checks import resolve_model, sae_hook_point
 
 if TYPE_CHECKING:
     from ..model import InterpretableModel
@@ -21,7 +23,7 @@ class AnalysisResult:
     """The features an SAE finds in one prompt.
 
     `codes` (n_tokens, d_hidden) are the SAE codes of every token. `top` lists the `top_k`
-    features with the largest activation over the `ranked` tokens (from `drop_first` on, less
+    features with the largest activation over the `ranked` tokens (from `drop_first_tokens` on, less
     those above the SAE's norm limit), as (feature, activation, token position), strongest
     first. `per_token[t]` lists token t's own top features as (feature, activation). Iterating
     yields (feature, activation) of `top`.
@@ -33,7 +35,7 @@ class AnalysisResult:
     top: list[tuple[int, float, int]]
     per_token: list[list[tuple[int, float]]]
     ranked: np.ndarray
-    hook_point: str
+    hook_point: HookPoint
 
     def __iter__(self) -> Iterator[tuple[int, float]]:
         return iter([(f, a) for f, a, _ in self.top])
@@ -59,7 +61,7 @@ class AnalysisResult:
 
     def __str__(self) -> str:
         lines = [
-            f"Top {len(self.top)} features at {self.hook_point} for {self.prompt[:60]!r}",
+            f"Top {len(self.top)} features at {self.hook_point.label} for {self.prompt[:60]!r}",
             f"{'rank':>4}  {'feature':>7}  {'max act':>9}  at token",
         ]
         for rank, (feature, act, pos) in enumerate(self.top, 1):
@@ -77,11 +79,12 @@ def analyze_text(
     model: "InterpretableModel | None" = None,
     prompt: str = "",
     top_k: int = 10,
-    drop_first: int = 1,
+    contexts: ContextSettings | None = None,
 ) -> AnalysisResult:
     """The `top_k` features of `prompt` overall (max over tokens) and per token.
 
-    The first `drop_first` positions and tokens above the SAE's norm limit (attention sinks,
+    The first `contexts.drop_first_tokens` positions (None: as the SAE was trained) and tokens
+    above the SAE's norm limit (attention sinks,
     whose activations SAEs are not trained on) are shown per token but left out of the overall
     ranking, unless the prompt has no other token. `model` None uses `sae.attached_model`.
 
@@ -93,12 +96,12 @@ def analyze_text(
     if top_k < 1:
         raise SAEError(f"top_k must be at least 1, got {top_k}")
     model = resolve_model(sae, model)
-    path = hook_point(sae, model)
+    point = sae_hook_point(sae, model)
+    drop_first = (contexts or ContextSettings.from_metadata(sae.metadata)).drop_first_tokens
     with model.trace(prompt, default_capture=False) as trace:
-        saved = model.module(path).output.save()
+        saved = model.module(point.path).output.save()
     codes = np.array(sae.encode(saved.value.astype(mx.float32))[0])
     tokens = model.to_str_tokens(trace.tokens[0])
-    layer, component = sae_layer(sae)
     ranked = np.array(sae.within_norm_limit(saved.value[0]))
     ranked[:drop_first] = False
     if not ranked.any():
@@ -113,7 +116,7 @@ def analyze_text(
         top=[(int(f), float(peaks[f]), int(where[f])) for f in _top_active(peaks, top_k)],
         per_token=[[(int(f), float(row[f])) for f in _top_active(row, top_k)] for row in codes],
         ranked=ranked,
-        hook_point=f"layer {layer} {component}",
+        hook_point=point,
     )
 
 

@@ -15,7 +15,7 @@ import mlx.core as mx
 import numpy as np
 
 from ..errors import SAEError
-from .hookpoint import check_features, check_model, resolve_model
+from ..sae.checks import check_compatible, check_features, resolve_model
 
 if TYPE_CHECKING:
     from ..model import InterpretableModel
@@ -98,7 +98,7 @@ def logit_lens_many(
 ) -> list[LogitLens]:
     """`logit_lens` of several features, computed `CHUNK` features at a time."""
     model = resolve_model(sae, model)
-    check_model(sae, model)
+    check_compatible(sae, model)
     indices = check_features(sae, feature_indices)
     out = []
     for start in range(0, len(indices), CHUNK):
@@ -246,7 +246,7 @@ def random_baseline(
     if n < 1:
         raise SAEError(f"n must be at least 1 random direction, got {n}")
     model = resolve_model(sae, model)
-    check_model(sae, model)
+    check_compatible(sae, model)
     vectors = mx.random.normal((n, sae.d_model), key=mx.random.key(seed))
     vectors = vectors / mx.linalg.norm(vectors, axis=-1, keepdims=True)
     peak = _peakiness(model.unembed(vectors, apply_norm=apply_norm).astype(mx.float32))

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 
-from .hookpoint import check_feature, check_features, resolve_model
+from ..activations import ContextSettings
+from ..sae.checks import check_feature, check_features, resolve_model
 from .scan import CodeBatch, Contexts, scan
 
 if TYPE_CHECKING:
@@ -256,10 +257,9 @@ def top_activating_examples(
     dataset: Any = None,
     feature_indices: Sequence[int] | None = None,
     top_k: int = 20,
-    context_tokens: int = 256,
-    batch_size: int = 8,
     n_tokens: int | None = 100_000,
-    drop_first: int = 1,
+    contexts: ContextSettings | None = None,
+    contexts_per_forward: int = 8,
     window: tuple[int, int] = (16, 8),
     bands: Sequence[float] = DEFAULT_BANDS,
     per_band: int = 5,
@@ -272,7 +272,7 @@ def top_activating_examples(
         model: None uses `sae.attached_model`.
         dataset: anything `mlxterp.data.load_texts` reads (None: the bundled corpus).
         n_tokens: scan at most this many token positions (None: the whole dataset).
-        drop_first: positions excluded at the start of every context (the attention sink).
+        contexts: how texts become contexts (None: as the SAE was trained); see `scan`.
         window: (tokens before, tokens after) the peak kept in each example.
         bands: edges, as fractions of the feature's maximum, of the activation bands below the
             top examples: `per_band` examples are drawn from each band (out of a uniform sample
@@ -287,8 +287,8 @@ def top_activating_examples(
     model = resolve_model(sae, model)
     return collect_examples(
         sae, model, dataset, feature_indices, top_k, window, bands, per_band, seed=seed,
-        n_tokens=n_tokens, context_tokens=context_tokens, batch_size=batch_size,
-        drop_first=drop_first, progress=progress,
+        n_tokens=n_tokens, contexts=contexts, contexts_per_forward=contexts_per_forward,
+        progress=progress,
     )
 
 

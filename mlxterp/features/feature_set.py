@@ -11,6 +11,7 @@ import numpy as np
 
 from ..errors import SAEError
 from ..sae.io import read_tensors, write_tensors
+from ..sae.metrics import FeatureStats
 
 FEATURE_SET_FORMAT = "mlxterp.feature_set"
 FEATURE_SET_VERSION = 1
@@ -64,29 +65,24 @@ class FeatureSet:
         self.metadata = dict(metadata or {})
 
     @classmethod
-    def from_sae(cls, sae: Any, stats: Any = None, labels: list[str | None] | None = None) -> "FeatureSet":
-        """The features of `sae`, with `stats` from `SAETrainer.get_stats()`,
-        `evaluate_reconstruction(..., per_feature=True)["per_feature"]`, or a FeatureStats.
+    def from_sae(cls, sae: Any, stats: FeatureStats | None = None,
+                 labels: list[str | None] | None = None) -> "FeatureSet":
+        """The features of `sae`, with per-feature `stats` (a FeatureStats: `SAETrainer.get_stats()`,
+        `feature_stats(...)`, or `evaluate_reconstruction(..., per_feature=True)["per_feature"]`).
 
-        Array entries must be per feature (d_hidden,); scalars (e.g. n_tokens) go to metadata.
-        A FeatureStats covering only some features leaves the others' stats NaN.
+        Statistics covering only some features leave the others' NaN.
         """
         n = sae.d_hidden
         per_feature: dict[str, np.ndarray] = {}
         metadata = dict(sae.metadata)
-        if stats is not None and not isinstance(stats, Mapping):
-            indices = np.asarray(getattr(stats, "indices", np.arange(n)))
+        if stats is not None:
+            if not isinstance(stats, FeatureStats):
+                raise SAEError(f"stats must be a FeatureStats (e.g. trainer.get_stats()), got {type(stats).__name__}")
             for name in STAT_NAMES:
                 full = np.full(n, np.nan, dtype=np.float32)
-                full[indices] = np.asarray(getattr(stats, name), dtype=np.float32)
+                full[stats.indices] = np.asarray(getattr(stats, name), dtype=np.float32)
                 per_feature[name] = full
-            metadata["stats_n_tokens"] = int(getattr(stats, "n_tokens", 0))
-        else:
-            for name, value in (stats or {}).items():
-                if np.ndim(value) == 0:
-                    metadata[f"stats_{name}"] = value.item() if hasattr(value, "item") else value
-                else:
-                    per_feature[name] = value
+            metadata["stats_n_tokens"] = int(stats.n_tokens)
         return cls(sae.W_dec, sae.W_enc, per_feature, labels, metadata)
 
     def __len__(self) -> int:

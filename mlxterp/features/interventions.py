@@ -19,9 +19,10 @@ import mlx.core as mx
 import numpy as np
 
 from ..errors import SAEError, TraceError
-from ..tracing import Port, Positions
+from ..envoy import Port
+from ..tracing import Positions
 from .decoder import feature_directions
-from .hookpoint import check_features, hook_point, resolve_model
+from ..sae.checks import check_features, resolve_model, sae_hook_point
 
 if TYPE_CHECKING:
     from ..model import InterpretableModel
@@ -121,7 +122,7 @@ def splice_sae(
     ...     logits = model.output.save()
     """
     model = resolve_model(sae, model)
-    path = hook_point(sae, model, layer)
+    path = sae_hook_point(sae, model, layer).path
     Port(model, path, "output").edit(sae_edit_fn(sae, edits, error_term), positions)
 
 
@@ -146,7 +147,7 @@ def steer(
     if feature_idx is None:
         raise SAEError("steer needs feature_idx=<the feature to add>")
     model = resolve_model(sae, model)
-    path = hook_point(sae, model, layer)
+    path = sae_hook_point(sae, model, layer).path
     indices = check_features(sae, feature_idx)
     strengths = mx.array(strength, dtype=mx.float32).reshape(-1)
     if strengths.size not in (1, len(indices)):

@@ -8,12 +8,13 @@ arrive; counts stay exact and no second pass is needed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from .hookpoint import check_features, resolve_model
+from ..activations import ContextSettings
+from ..sae.checks import check_features, resolve_model
+from ..sae.metrics import FeatureStats
 from .scan import CodeBatch, scan
 
 if TYPE_CHECKING:
@@ -21,73 +22,6 @@ if TYPE_CHECKING:
     from ..sae.model import SAE
 
 EMPTY = -10_000
-
-@dataclass
-class FeatureStats:
-    """Statistics of features over `n_tokens` scanned positions; arrays are (n_features,).
-
-    `indices` are the SAE feature indices the rows describe. `frequency` is the fraction of
-    positions where a feature is active, `mean_activation` its mean where active (0 if never),
-    `max_activation` its largest activation. `hist_counts` (n_features, n_bins) counts its
-    nonzero activations in equal bins over [0, hist_top].
-    """
-
-    indices: np.ndarray
-    n_tokens: int
-    counts: np.ndarray
-    frequency: np.ndarray
-    mean_activation: np.ndarray
-    max_activation: np.ndarray
-    hist_counts: np.ndarray
-    hist_top: np.ndarray
-
-    @property
-    def dead(self) -> np.ndarray:
-        """SAE indices of the features that never fired."""
-        return self.indices[self.counts == 0]
-
-    def row(self, feature: int) -> int:
-        """The row of SAE feature `feature` in these arrays."""
-        hits = np.flatnonzero(self.indices == feature)
-        if hits.size == 0:
-            raise KeyError(f"feature {feature} is not among the {len(self.indices)} features with statistics")
-        return int(hits[0])
-
-    def histogram(self, feature: int) -> tuple[np.ndarray, np.ndarray]:
-        """(edges (n+1,), counts (n,)) of the feature's nonzero activations, empty top bins cut."""
-        row = self.row(feature)
-        counts = self.hist_counts[row]
-        used = np.flatnonzero(counts)
-        if used.size == 0:
-            return np.zeros(0, dtype=np.float64), np.zeros(0, dtype=np.int64)
-        n = used[-1] + 1
-        edges = np.linspace(0.0, float(self.hist_top[row]), len(counts) + 1)[: n + 1]
-        return edges, counts[:n].copy()
-
-    def density_histogram(self, n_bins: int = 40) -> tuple[np.ndarray, np.ndarray]:
-        """(edges, counts) of log10 firing frequency over the features that fired at least once."""
-        alive = self.frequency[self.counts > 0]
-        if alive.size == 0:
-            return np.zeros(0), np.zeros(0, dtype=np.int64)
-        counts, edges = np.histogram(np.log10(alive), bins=n_bins)
-        return edges, counts
-
-    def summary(self) -> str:
-        alive = self.counts > 0
-        lines = [
-            f"{len(self.indices)} features over {self.n_tokens} tokens: "
-            f"{int((~alive).sum())} dead ({100 * (~alive).mean():.1f}%)",
-        ]
-        if alive.any():
-            freq = self.frequency[alive]
-            lines.append(
-                f"firing frequency of live features: median {np.median(freq):.2e}, "
-                f"min {freq.min():.2e}, max {freq.max():.2e}"
-            )
-        return "\n".join(lines)
-
-    def __str__(self) -> str:
-        return self.summary()
 
 
 class StatsCollector:
@@ -136,19 +70,10 @@ class StatsCollector:
             self.exponent[rows] += g
 
     def result(self, indices: np.ndarray) -> FeatureStats:
-        tokens = max(self.n_tokens, 1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mean = np.where(self.counts > 0, self.sums / np.maximum(self.counts, 1), 0.0)
-        return FeatureStats(
-            indices=np.asarray(indices, dtype=np.int64),
-            n_tokens=self.n_tokens,
-            counts=self.counts.copy(),
-            frequency=self.counts / tokens,
-            mean_activation=mean.astype(np.float32),
-            max_activation=self.maxima.copy(),
-            hist_counts=self.hist.copy(),
-            hist_top=np.exp2(self.exponent.astype(np.float64)),
-        )
+        stats = FeatureStats.from_totals(self.counts, self.sums, self.maxima, self.n_tokens, indices)
+        stats.hist_counts = self.hist.copy()
+        stats.hist_top = np.exp2(self.exponent.astype(np.float64))
+        return stats
 
 
 def feature_stats(
@@ -157,17 +82,15 @@ def feature_stats(
     dataset: Any = None,
     feature_indices: Sequence[int] | None = None,
     n_tokens: int | None = 100_000,
-    context_tokens: int = 256,
-    batch_size: int = 8,
-    drop_first: int = 1,
+    contexts: ContextSettings | None = None,
+    contexts_per_forward: int = 8,
     n_bins: int = 32,
     progress: bool = False,
 ) -> FeatureStats:
     """Firing frequency, mean/max activation and histograms of every feature, in one pass.
 
     `model` None uses `sae.attached_model`; `dataset` is anything `load_texts` reads (None: the
-    bundled corpus); at most `n_tokens` positions are scanned (None: all), the first
-    `drop_first` of every context excluded.
+    bundled corpus); at most `n_tokens` positions are scanned (None: all); `contexts` as in `scan`.
     """
     model = resolve_model(sae, model)
     indices = np.arange(sae.d_hidden) if feature_indices is None else check_features(sae, feature_indices)
@@ -175,7 +98,7 @@ def feature_stats(
     scan(
         sae, model, dataset, [collector],
         feature_indices=None if feature_indices is None else indices, n_tokens=n_tokens,
-        context_tokens=context_tokens, batch_size=batch_size, drop_first=drop_first,
+        contexts=contexts, contexts_per_forward=contexts_per_forward,
         progress=progress,
     )
     return collector.result(indices)

@@ -18,10 +18,10 @@ from typing import Any, Union
 import mlx.nn as nn
 from mlx_lm.tokenizer_utils import TokenizerWrapper
 
-from mlxterp.errors import ModelLoadError
-from mlxterp.loading.default import DEFAULT_MODEL_NAME, default_model_path
-from mlxterp.loading.gguf import is_gguf_file, load_gguf
-from mlxterp.loading.hub import is_mlx_lm_folder, load_hub
+from ..errors import ModelLoadError
+from .default import DEFAULT_MODEL_NAME, default_model_path
+from .gguf import is_gguf_file, load_gguf
+from .hub import is_mlx_lm_folder, load_hub
 
 ModelSpec = Union[None, str, os.PathLike, tuple]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import mlx.nn as nn
 from mlx_lm.tokenizer_utils import TokenizerWrapper
 
-from mlxterp.errors import ModelLoadError
+from ..errors import ModelLoadError
 
 
 def is_mlx_lm_folder(path: str | Path) -> bool:

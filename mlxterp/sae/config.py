@@ -7,7 +7,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import SAEError
+from ..activations.contexts import ContextSettings
+from ..errors import DataError, SAEError
 
 ARCHITECTURES = ("topk", "batchtopk", "relu")
 NORMALIZATION_SCHEMES = ("none", "expected_norm", "standardize", "unit_norm")
@@ -60,7 +61,7 @@ class SAEConfig:
     batch_size: int = 4096
     validation_split: float = 0.05
     seed: int = 0
-    # Data (recorded in the SAE's metadata; the activation store applies them)
+    # Data (`contexts`: recorded in the SAE's metadata; the activation store applies them)
     context_length: int = 256
     drop_first_tokens: int = 1
     drop_special_tokens: bool = True
@@ -105,12 +106,10 @@ class SAEConfig:
             raise SAEError(f"validation_split is a fraction of the data: use a value in [0, 1), "
                            f"got {self.validation_split}")
         _int(self, "seed")
-        _positive_int(self, "context_length")
-        _non_negative_int(self, "drop_first_tokens")
-        if self.drop_first_tokens >= self.context_length:
-            raise SAEError(f"drop_first_tokens={self.drop_first_tokens} would drop every token of a "
-                           f"context of context_length={self.context_length}: lower it")
-        _bool(self, "drop_special_tokens")
+        try:
+            self.contexts
+        except DataError as exc:
+            raise SAEError(str(exc)) from None
         if self.max_norm_ratio is not None:
             _positive_float(self, "max_norm_ratio")
             if self.max_norm_ratio <= 1:
@@ -126,6 +125,11 @@ class SAEConfig:
         if isinstance(tags, str) or not all(isinstance(t, str) for t in tags):
             raise SAEError(f"wandb_tags must be a list of strings, e.g. ['sae', 'layer10'], got {tags!r}")
         object.__setattr__(self, "wandb_tags", tuple(tags))
+
+    @property
+    def contexts(self) -> ContextSettings:
+        """How texts become training contexts (context_length, drop_first_tokens, drop_special_tokens)."""
+        return ContextSettings(self.context_length, self.drop_first_tokens, self.drop_special_tokens)
 
     @property
     def normalization(self) -> str:

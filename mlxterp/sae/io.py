@@ -5,7 +5,8 @@ Layout (format "mlxterp.sae", version 1; docs/sae.md "File format"):
            b_dec (d_model,), threshold (), norm_stats.<name> (normalization statistics)
   header   format, format_version, sae (JSON: constructor arguments), metadata (JSON),
            library_version, checksum (sha256 over every tensor's name, dtype, shape and bytes)
-The same container (`write_tensors` / `read_tensors`) holds training checkpoints and FeatureSets.
+The same container (`write_tensors` / `read_tensors`) holds training checkpoints and FeatureSets;
+`SAE.save` / `SAE.load` write and read SAE files with it.
 """
 
 from __future__ import annotations
@@ -15,19 +16,16 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import mlx.core as mx
 import numpy as np
-from mlx.utils import tree_flatten, tree_unflatten
+from mlx.utils import tree_flatten
 from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
 from ..errors import SAEError
 from ..io_utils import atomic_path
-
-if TYPE_CHECKING:
-    from .model import SAE
 
 SAE_FORMAT = "mlxterp.sae"
 SAE_FORMAT_VERSION = 1
@@ -121,53 +119,12 @@ def read_tensors(
     return tensors, header
 
 
-def sae_tensors(sae: "SAE") -> dict[str, mx.array]:
+def sae_tensors(sae) -> dict[str, mx.array]:
     """The SAE's arrays by flat name (W_enc, b_enc, [W_dec], b_dec, threshold, norm_stats.*)."""
     return dict(tree_flatten(sae.parameters()))
 
 
-def sae_spec(sae: "SAE") -> dict[str, Any]:
+def sae_spec(sae) -> dict[str, Any]:
     """The constructor arguments that rebuild `sae`'s shape and kind."""
     return {"d_model": sae.d_model, "d_hidden": sae.d_hidden, "k": sae.k, "architecture": sae.architecture,
             "tied_weights": sae.tied_weights, "normalization": sae.normalization}
-
-
-def sae_from_parts(spec: dict[str, Any], tensors: dict[str, np.ndarray], path: Path | str) -> "SAE":
-    """Rebuild an SAE from `sae_spec` and `sae_tensors` output, checking every name and shape."""
-    from .model import SAE
-
-    try:
-        sae = SAE(**spec)
-    except (TypeError, SAEError) as exc:
-        raise SAEError(f"{path}: invalid SAE description {spec!r} ({exc})") from None
-    expected = sae_tensors(sae)
-    missing = sorted(set(expected) - set(tensors))
-    extra = sorted(set(tensors) - set(expected))
-    if missing or extra:
-        raise SAEError(f"{path} does not hold this SAE's tensors (missing {missing}, unexpected {extra}): "
-                       "the file is damaged or from another program")
-    for name, ref in expected.items():
-        if tuple(tensors[name].shape) != tuple(ref.shape):
-            raise SAEError(f"{path}: tensor {name} has shape {tuple(tensors[name].shape)}, expected "
-                           f"{tuple(ref.shape)} for {spec}")
-    sae.update(tree_unflatten([(name, mx.array(tensors[name]).astype(mx.float32)) for name in expected]))
-    return sae
-
-
-def save_sae(sae: "SAE", path: str | os.PathLike) -> None:
-    """Write `sae` to `path` (any suffix; ".mlx" and ".safetensors" are usual), atomically."""
-    sae.metadata["library_version"] = library_version()
-    sae._sync_metadata()
-    header = {"sae": sae_spec(sae), "metadata": sae.metadata}
-    write_tensors(path, sae_tensors(sae), header, SAE_FORMAT, SAE_FORMAT_VERSION)
-
-
-def load_sae(path: str | os.PathLike) -> "SAE":
-    """Read an SAE that `save_sae` wrote."""
-    tensors, header = read_tensors(path, SAE_FORMAT, SAE_FORMAT_VERSION, "SAE")
-    if not isinstance(header.get("sae"), dict):
-        raise SAEError(f"{path} lacks the 'sae' header entry describing its shape: save the SAE again")
-    sae = sae_from_parts(header["sae"], tensors, path)
-    if isinstance(header.get("metadata"), dict):
-        sae.metadata = header["metadata"]
-    return sae

@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import mlx.core as mx
 import mlx.nn as nn
+from mlx.utils import tree_unflatten
 
+from ..activations.norm_limit import within_limit
 from ..errors import SAEError
+from ..hookpoint import HookPoint
 from . import normalize as norm
+from .checks import check_compatible, compatibility_problems
 from .config import ARCHITECTURES, B_DEC_INITS, SAEConfig, resolve_normalization
+from .entry_points import FeatureToolMethods
+from .io import SAE_FORMAT, SAE_FORMAT_VERSION, library_version, read_tensors, sae_spec, sae_tensors, write_tensors
+from .ops import batch_topk, geometric_median, unit_rows
 from .sparse_ops import sparse_decode, topk_encode
-from .store import within_limit
-
-# BatchTopK threshold: running mean of the per-batch threshold for the first 1/THRESHOLD_EMA
-# updates, then an EMA with this weight (forgets the estimates of early, untrained weights).
-THRESHOLD_EMA = 0.01
 
 
 class ForwardOutput(NamedTuple):
@@ -24,68 +27,20 @@ class ForwardOutput(NamedTuple):
 
     top_acts, top_indices: (n, k) kept activations and their latent ids (TopK). For "relu" and
     "batchtopk" top_indices is None and top_acts is the dense (n, d_hidden) code matrix.
-    Scalars: l0 (mean active latents per token), mse (mean per element), fvu (squared error /
-    total variance of the batch), auxk_loss (0 without dead latents), l1 (mean summed activation
-    per token over the batch's RMS centred norm, so it is scale-free like fvu).
+    Scalars (names as in sae.metrics.TRAINING_METRICS): l0 (mean active latents per token),
+    recon_loss (squared error, mean per element), fvu (squared error / total variance of the
+    batch), auxk_loss (0 without dead latents), l1_loss (mean summed activation per token over
+    the batch's RMS centred norm, so it is scale-free like fvu).
     """
 
     sae_out: mx.array
     top_acts: mx.array
     top_indices: mx.array | None
     l0: mx.array
-    mse: mx.array
+    recon_loss: mx.array
     fvu: mx.array
     auxk_loss: mx.array
-    l1: mx.array
-
-
-def unit_rows(w: mx.array) -> mx.array:
-    """`w` (rows, d) with every row scaled to unit L2 norm."""
-    return w / mx.maximum(mx.linalg.norm(w, axis=-1, keepdims=True), 1e-8)
-
-
-def remove_parallel_component(grad: mx.array, w: mx.array) -> mx.array:
-    """`grad` (rows, d) minus its component along each unit-norm row of `w`.
-
-    A step along it leaves the row norms unchanged to first order, so Adam's update does not
-    fight the unit-norm constraint (Bricken et al. 2023; sparsify).
-    """
-    return grad - mx.sum(grad * w, axis=-1, keepdims=True) * w
-
-
-def geometric_median(points: mx.array, max_iter: int = 100, tol: float = 1e-6) -> mx.array:
-    """Geometric median (d,) of `points` (n, d) by Weiszfeld iterations, started at the mean."""
-    points = points.astype(mx.float32)
-    guess = mx.mean(points, axis=0)
-    for _ in range(max_iter):
-        dist = mx.maximum(mx.linalg.norm(points - guess, axis=-1), 1e-8)
-        weights = 1.0 / dist
-        new = mx.sum(weights[:, None] * points, axis=0) / mx.sum(weights)
-        shift = float(mx.linalg.norm(new - guess))
-        guess = new
-        if shift <= tol * max(1.0, float(mx.linalg.norm(guess))):
-            break
-    return guess
-
-
-def latent_totals(
-    top_acts: mx.array, top_indices: mx.array | None, d_hidden: int
-) -> tuple[mx.array, mx.array, mx.array]:
-    """Per latent (d_hidden,): tokens it fired on, sum and max of its activations.
-
-    `top_acts`/`top_indices` are (n, k) as in ForwardOutput, or dense (n, d_hidden) with None.
-    """
-    if top_indices is None:
-        active = (top_acts > 0).astype(mx.float32)
-        return mx.sum(active, axis=0), mx.sum(top_acts, axis=0), mx.max(top_acts, axis=0)
-    idx = top_indices.reshape(-1)
-    acts = top_acts.reshape(-1)
-    zeros = mx.zeros((d_hidden,), dtype=mx.float32)
-    return (
-        zeros.at[idx].add((acts > 0).astype(mx.float32)),
-        zeros.at[idx].add(acts),
-        zeros.at[idx].maximum(acts),
-    )
+    l1_loss: mx.array
 
 
 class Reconstruction(NamedTuple):
@@ -97,7 +52,7 @@ class Reconstruction(NamedTuple):
     top_indices: mx.array | None
 
 
-class SAE(nn.Module):
+class SAE(FeatureToolMethods, nn.Module):
     """Sparse autoencoder on raw activations (..., d_model) with d_hidden latents.
 
     Parameters: W_enc (d_hidden, d_model), b_enc (d_hidden,), W_dec (d_hidden, d_model) with
@@ -159,11 +114,7 @@ class SAE(nn.Module):
             normalization=config.normalization,
             seed=config.seed,
         )
-        sae.metadata.update(
-            context_length=config.context_length,
-            drop_first_tokens=config.drop_first_tokens,
-            drop_special_tokens=config.drop_special_tokens,
-        )
+        sae.metadata.update(config.contexts.to_dict())
         return sae
 
     def fit_normalization(self, sample: mx.array) -> None:
@@ -218,9 +169,33 @@ class SAE(nn.Module):
         object.__setattr__(self, "_metadata", dict(value))
         self._sync_metadata()
 
+    @property
+    def hook_point(self) -> HookPoint | None:
+        """Where this SAE reads its activations (metadata "hook_point"), or None if unknown.
+
+        Set it with `sae.hook_point = model.hook_point(layer, component)`; SAE files from before
+        hook points were stored give one from their "layer" and "component" (path unresolved, "").
+        """
+        meta = self._metadata
+        if isinstance(meta.get("hook_point"), dict):
+            return HookPoint.from_dict(meta["hook_point"])
+        if meta.get("layer") is None or meta.get("component") is None:
+            return None
+        return HookPoint(int(meta["layer"]), str(meta["component"]), "")
+
+    @hook_point.setter
+    def hook_point(self, point: HookPoint) -> None:
+        if not isinstance(point, HookPoint):
+            raise SAEError(f"hook_point must be a HookPoint (model.hook_point(layer, component)), got {point!r}")
+        self._metadata["hook_point"] = point.to_dict()
+        self._sync_metadata()
+
     def _sync_metadata(self) -> None:
         for key in ("model_name", "layer", "component"):
             self._metadata.setdefault(key, None)
+        if isinstance(self._metadata.get("hook_point"), dict):  # "layer"/"component" mirror it for display
+            self._metadata.update(layer=self._metadata["hook_point"]["layer"],
+                                  component=self._metadata["hook_point"]["component"])
         self._metadata.update(
             d_model=self.d_model,
             d_hidden=self.d_hidden,
@@ -231,32 +206,12 @@ class SAE(nn.Module):
         )
 
     def is_compatible(self, model: Any, layer: int | None = None, component: str | None = None) -> bool:
-        """True when this SAE was trained on `model` (its `.name` and `.d_model`) at `layer`/`component`.
+        """True when this SAE was trained on `model` (and on `layer`/`component`, when given).
 
-        `layer`/`component` left None are not checked; components compare by meaning
-        ("attn" == "self_attn", "output" == "resid").
+        Components compare by meaning ("attn" == "self_attn", "output" == "resid");
+        `sae.checks.compatibility_problems` says what differs.
         """
-        from ..anatomy import canonical_component
-
-        meta = self._metadata
-        if getattr(model, "name", None) != meta.get("model_name"):
-            return False
-        if getattr(model, "d_model", self.d_model) != self.d_model:
-            return False
-        if layer is not None:
-            n_layers = getattr(model, "n_layers", None)
-            if meta.get("layer") is None:
-                return False
-            want, have = int(layer), int(meta["layer"])
-            if isinstance(n_layers, int) and n_layers > 0:
-                want, have = want % n_layers, have % n_layers
-            if want != have:
-                return False
-        if component is not None:
-            if meta.get("component") is None:
-                return False
-            return canonical_component(component) == canonical_component(meta["component"])
-        return True
+        return not compatibility_problems(self, model, layer, component)
 
     # -- inference -----------------------------------------------------------------------
     def encode(self, x: mx.array) -> mx.array:
@@ -342,7 +297,7 @@ class SAE(nn.Module):
             sae_out = sparse_decode(acts, idx, self.W_dec) + self.b_dec
         else:
             pre = self._pre_acts(centred)
-            acts, idx = (pre if self.architecture == "relu" else _batch_topk(pre, self.k)), None
+            acts, idx = (pre if self.architecture == "relu" else batch_topk(pre, self.k)), None
             sae_out = acts @ self.W_dec + self.b_dec
         residual = x_n - sae_out
         total_variance = mx.maximum(mx.sum(mx.square(x_n - mx.mean(x_n, axis=0))), 1e-12)
@@ -359,10 +314,10 @@ class SAE(nn.Module):
             top_acts=acts,
             top_indices=idx,
             l0=mx.mean(mx.sum(acts > 0, axis=-1).astype(mx.float32)),
-            mse=sq_error / residual.size,
+            recon_loss=sq_error / residual.size,
             fvu=sq_error / total_variance,
             auxk_loss=auxk_loss,
-            l1=mx.mean(per_token_sum) / mx.sqrt(total_variance / n),
+            l1_loss=mx.mean(per_token_sum) / mx.sqrt(total_variance / n),
         )
 
     def _auxk_reconstruction(self, centred: mx.array, dead_mask: mx.array, k_aux: int, pre: mx.array | None):
@@ -376,78 +331,44 @@ class SAE(nn.Module):
 
     # -- persistence ---------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
-        """Write this SAE (weights, normalization, metadata) to one safetensors file, atomically."""
-        from .io import save_sae
-
-        save_sae(self, path)
+        """Write this SAE (weights, normalization, metadata) to one safetensors file, atomically
+        (any suffix; ".mlx" and ".safetensors" are usual; docs/sae.md "File format")."""
+        self._metadata["library_version"] = library_version()
+        self._sync_metadata()
+        header = {"sae": sae_spec(self), "metadata": self._metadata}
+        write_tensors(path, sae_tensors(self), header, SAE_FORMAT, SAE_FORMAT_VERSION)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "SAE":
-        """Read an SAE that `save` wrote; foreign, corrupt or truncated files raise SAEError."""
-        from .io import load_sae
+        """Read an SAE that `save` wrote; foreign, corrupt or truncated files raise SAEError
+        (`load_sae` also checks it against a model)."""
+        tensors, header = read_tensors(path, SAE_FORMAT, SAE_FORMAT_VERSION, "SAE")
+        if not isinstance(header.get("sae"), dict):
+            raise SAEError(f"{path} lacks the 'sae' header entry describing its shape: save the SAE again")
+        sae = cls.from_parts(header["sae"], tensors, path)
+        if isinstance(header.get("metadata"), dict):
+            sae.metadata = header["metadata"]
+        return sae
 
-        return load_sae(path)
-
-    # -- feature analysis (mlxterp.features; `model` None: the model this SAE is attached to) --
-    def analyze_text(self, model: Any = None, prompt: str = "", top_k: int = 10, **options: Any):
-        """The `top_k` features of `prompt`, overall and per token (`features.analyze_text`)."""
-        from ..features.analysis import analyze_text
-
-        return analyze_text(self, model, prompt, top_k, **options)
-
-    def get_top_activating_texts(self, feature_idx: int, dataset: Any = None, top_k: int = 20,
-                                 model: Any = None, **options: Any):
-        """The contexts where one feature fires most, plus lower bands (`features.get_top_activating_texts`)."""
-        from ..features.examples import get_top_activating_texts
-
-        return get_top_activating_texts(self, feature_idx, dataset, top_k, model, **options)
-
-    def top_activating_examples(self, model: Any = None, dataset: Any = None,
-                                feature_indices: Any = None, top_k: int = 20, **options: Any):
-        """Top examples of every feature (or `feature_indices`) in one pass (`features.top_activating_examples`)."""
-        from ..features.examples import top_activating_examples
-
-        return top_activating_examples(self, model, dataset, feature_indices, top_k, **options)
-
-    def feature_stats(self, model: Any = None, dataset: Any = None, **options: Any):
-        """Firing frequency, mean/max activation and histograms per feature (`features.feature_stats`)."""
-        from ..features.stats import feature_stats
-
-        return feature_stats(self, model, dataset, **options)
-
-    def logit_lens(self, feature_idx: int, model: Any = None, k: int = 10):
-        """The tokens a feature's decoder direction promotes and suppresses (`features.logit_lens`)."""
-        from ..features.decoder import logit_lens
-
-        return logit_lens(self, feature_idx, model, k)
-
-    def nearest_features(self, feature_idx: int, n: int = 10):
-        """The `n` features with the closest decoder directions, as (index, cosine)."""
-        from ..features.decoder import nearest_features
-
-        return nearest_features(self, feature_idx, n)
-
-    def steer(self, model: Any = None, layer: int | None = None, feature_idx: Any = None,
-              strength: Any = 1.0, positions: Any = None) -> None:
-        """Inside `with model.trace(...)` / `model.generate(...)`: add `strength` units of a
-        feature's direction at this SAE's hook point (`features.steer`)."""
-        from ..features.interventions import steer
-
-        steer(self, model, layer, feature_idx, strength, positions)
-
-    def visualize_feature(self, feature_idx: int, model: Any = None, dataset: Any = None,
-                          path: str | os.PathLike | None = None, **options: Any):
-        """Write one feature's self-contained HTML page; returns its path (`features.visualize_feature`)."""
-        from ..features.report import visualize_feature
-
-        return visualize_feature(self, feature_idx, model, dataset, path, **options)
-
-    def launch_dashboard(self, model: Any = None, dataset: Any = None, out_dir: str | os.PathLike | None = None,
-                         port: int = 8000, block: bool = True, **options: Any):
-        """Write the feature dashboard and serve it on localhost (`features.launch_dashboard`)."""
-        from ..features.report import launch_dashboard
-
-        return launch_dashboard(self, model, dataset, out_dir, port, block, **options)
+    @classmethod
+    def from_parts(cls, spec: dict[str, Any], tensors: dict[str, Any], path: Path | str) -> "SAE":
+        """Rebuild an SAE from `sae_spec` and `sae_tensors` output, checking every name and shape."""
+        try:
+            sae = cls(**spec)
+        except (TypeError, SAEError) as exc:
+            raise SAEError(f"{path}: invalid SAE description {spec!r} ({exc})") from None
+        expected = sae_tensors(sae)
+        missing = sorted(set(expected) - set(tensors))
+        extra = sorted(set(tensors) - set(expected))
+        if missing or extra:
+            raise SAEError(f"{path} does not hold this SAE's tensors (missing {missing}, unexpected {extra}): "
+                           "the file is damaged or from another program")
+        for name, ref in expected.items():
+            if tuple(tensors[name].shape) != tuple(ref.shape):
+                raise SAEError(f"{path}: tensor {name} has shape {tuple(tensors[name].shape)}, expected "
+                               f"{tuple(ref.shape)} for {spec}")
+        sae.update(tree_unflatten([(name, mx.array(tensors[name]).astype(mx.float32)) for name in expected]))
+        return sae
 
     # -- helpers -------------------------------------------------------------------------
     def _pre_acts(self, centred: mx.array) -> mx.array:
@@ -468,8 +389,16 @@ class SAE(nn.Module):
             )
 
 
-def _batch_topk(pre: mx.array, k: int) -> mx.array:
-    """Keep the n*k largest of the (n, d_hidden) non-negative `pre` over the whole batch."""
-    n_keep = min(pre.shape[0] * k, pre.size)
-    kth = mx.min(mx.topk(mx.stop_gradient(pre).reshape(-1), n_keep))
-    return mx.where(pre >= kth, pre, 0.0)
+def load_sae(path: str | os.PathLike, model: Any = None, layer: int | None = None,
+             component: str | None = None, strict: bool = True) -> SAE:
+    """Load the SAE saved at `path`; with `model`, check it fits and attach it to the model.
+
+    A different activation width is always an error; with `strict`, so is another model, or a
+    `layer`/`component` other than the SAE's (pass strict=False to load it anyway). The
+    attached model is what feature functions use when called without `model=`.
+    """
+    sae = SAE.load(path)
+    if model is not None:
+        check_compatible(sae, model, layer, component, strict, where=f"the SAE at {path}")
+        sae.attached_model = model
+    return sae

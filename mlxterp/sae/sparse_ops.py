@@ -1,20 +1,18 @@
 """Sparse TopK SAE kernels: top-k encoder and gather decoder with sparse gradients.
 
-On the CPU, MLX runs each stream's non-BLAS work on one thread, so the row-wise kernels below
-(top-k selection, gathers, the sorted scatter) split their rows over one stream per core; on
-other devices they use the default stream alone.
+The row-wise kernels below (top-k selection, gathers, the sorted scatter) split their rows over
+`streams.streams()`: one stream per core on the CPU, the default stream elsewhere.
 """
 
 from __future__ import annotations
 
 import math
-import os
 
 import mlx.core as mx
 
+from .streams import on, row_spans, streams
+
 _GATHER_CHUNK_FLOATS = 1 << 18
-_MAX_CPU_STREAMS = 4
-_STREAMS: dict[str, list] = {}
 
 
 def topk_encode(
@@ -48,44 +46,15 @@ def dense_from_topk(top_acts: mx.array, top_indices: mx.array, d_hidden: int) ->
     return mx.put_along_axis(zeros, top_indices, top_acts, axis=-1)
 
 
-def _streams() -> list:
-    """Streams to spread independent row blocks over: on the CPU one per core (at most
-    _MAX_CPU_STREAMS, or MLXTERP_SAE_STREAMS), elsewhere [None] (the default stream)."""
-    device = mx.default_device()
-    key = str(device)
-    if key not in _STREAMS:
-        count = 1
-        if device == mx.cpu:
-            try:
-                cores = len(os.sched_getaffinity(0))
-            except (AttributeError, OSError):
-                cores = os.cpu_count() or 1
-            count = int(os.environ.get("MLXTERP_SAE_STREAMS", min(cores, _MAX_CPU_STREAMS)))
-        _STREAMS[key] = [None] if count <= 1 else [mx.new_stream(device) for _ in range(count)]
-    return _STREAMS[key]
-
-
-def _row_splits(n: int, parts: int, multiple: int = 1) -> list[tuple[int, int]]:
-    """[start, stop) ranges cutting n rows into at most `parts` near-equal pieces."""
-    parts = max(1, min(parts, n // max(multiple, 1)))
-    step = -(-n // parts)
-    return [(s, min(s + step, n)) for s in range(0, n, step)]
-
-
-def _on(stream, fn, *args):
-    if stream is None:
-        return fn(*args)
-    with mx.stream(stream):
-        return fn(*args)
-
-
 def _row_topk(pre: mx.array, k: int) -> tuple[mx.array, mx.array]:
-    """Exact top-k values and indices per row of pre (n, m), unsorted; rows split over _streams()."""
-    streams = _streams()
-    spans = _row_splits(pre.shape[0], len(streams), multiple=64)
+    """Exact top-k values and indices per row of pre (n, m), unsorted; rows split over the streams."""
+    spans = row_spans(pre.shape[0], len(streams()), multiple=64)
     if len(spans) == 1:
         return _row_topk_block(pre, k)
-    parts = [_on(s, _row_topk_block, pre[a:b], k) for s, (a, b) in zip(streams, spans)]
+    parts = []
+    for stream, (a, b) in zip(streams(), spans):
+        with on(stream):
+            parts.append(_row_topk_block(pre[a:b], k))
     return mx.concatenate([v for v, _ in parts]), mx.concatenate([i for _, i in parts])
 
 
@@ -124,11 +93,11 @@ def _gather_rows_matmul(lhs: mx.array, indices: mx.array, table: mx.array, rhs: 
 
     With rhs None: out[i] = lhs[i] @ table[indices[i]] -> (n, d)  (lhs (n, k)).
     With rhs (n, d): out[i] = table[indices[i]] @ rhs[i] -> (n, k).
-    Consecutive chunks go to the _streams() in turn.
+    Consecutive chunks go to the streams in turn.
     """
     n, k = indices.shape
     chunk = max(1, _GATHER_CHUNK_FLOATS // (k * table.shape[1]))
-    streams = _streams()
+    spread = streams()
 
     def one(s):
         rows = table[indices[s : s + chunk]]
@@ -136,7 +105,10 @@ def _gather_rows_matmul(lhs: mx.array, indices: mx.array, table: mx.array, rhs: 
             return (lhs[s : s + chunk, None, :] @ rows).squeeze(1)
         return (rows @ rhs[s : s + chunk, :, None]).squeeze(2)
 
-    outs = [_on(streams[i % len(streams)], one, s) for i, s in enumerate(range(0, n, chunk))]
+    outs = []
+    for i, start in enumerate(range(0, n, chunk)):
+        with on(spread[i % len(spread)]):
+            outs.append(one(start))
     return mx.concatenate(outs, axis=0) if len(outs) > 1 else outs[0]
 
 
@@ -145,12 +117,12 @@ def _scatter_rows(indices: mx.array, weights: mx.array, src: mx.array, num_rows:
 
     Sorting the (i, j) pairs by latent turns the scatter-add into one segmented matmul
     (one gemv per latent), which is ~10x faster on CPU than a scatter-add of n*k rows. Row
-    blocks go to the _streams() and their partial sums are added.
+    blocks go to the streams and their partial sums are added.
     """
-    streams = _streams()
-    spans = _row_splits(indices.shape[0], len(streams), multiple=256)
-    parts = [_on(s, _scatter_rows_block, indices[a:b], weights[a:b], src[a:b], num_rows)
-             for s, (a, b) in zip(streams, spans)]
+    parts = []
+    for stream, (a, b) in zip(streams(), row_spans(indices.shape[0], len(streams()), multiple=256)):
+        with on(stream):
+            parts.append(_scatter_rows_block(indices[a:b], weights[a:b], src[a:b], num_rows))
     out = parts[0]
     for part in parts[1:]:
         out = out + part

@@ -1,19 +1,25 @@
 """Seeing features: HTML feature pages, the feature dashboard and its server, PNG plots."""
 
-from .dashboard import DashboardServer, launch_dashboard, serve_dashboard, write_dashboard
+from ..sae.entry_points import register_feature_tools
+from .dashboard import DashboardServer, check_port, serve_dashboard, write_dashboard
 from .html import VizError, render_feature_page, write_feature_page
+from .launch import launch_dashboard, visualize_feature
 from .plots import PlotDependencyError, plot_density_histogram, plot_feature_strengths, plot_training_curves
+
+register_feature_tools(visualize_feature=visualize_feature, launch_dashboard=launch_dashboard)
 
 __all__ = [
     "DashboardServer",
     "PlotDependencyError",
     "VizError",
+    "check_port",
     "launch_dashboard",
     "plot_density_histogram",
     "plot_feature_strengths",
     "plot_training_curves",
     "render_feature_page",
     "serve_dashboard",
+    "visualize_feature",
     "write_dashboard",
     "write_feature_page",
 ]

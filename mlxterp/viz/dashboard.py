@@ -6,15 +6,15 @@ import errno
 import functools
 import html
 import os
-import tempfile
+import socket
 import threading
 import webbrowser
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Mapping
 
-from mlxterp.io_utils import atomic_write_text
-from mlxterp.viz.html import VizError, fill_template, read_template, script_json, validate_record
+from ..io_utils import atomic_write_text
+from .html import VizError, fill_template, read_template, script_json, validate_record
 
 DATA_KEYS = ("features", "density_histogram")
 
@@ -97,6 +97,22 @@ class DashboardServer:
         return f"DashboardServer({self.url!r})"
 
 
+def check_port(port: int, host: str = "127.0.0.1") -> None:
+    """Raise a VizError unless `port` is a valid port number free on `host` (0: any free port)."""
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise VizError(f"port must be a whole number from 0 to 65535 (0 = any free port), got {port!r}")
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            raise VizError(
+                f"port {port} on {host} is already in use; pass another port, e.g. port={port + 1}, "
+                "or port=0 to let the system pick a free one"
+            ) from exc
+
+
 def serve_dashboard(
     out_dir: str | os.PathLike, port: int = 8000, host: str = "127.0.0.1", open_browser: bool = False
 ) -> DashboardServer:
@@ -109,39 +125,10 @@ def serve_dashboard(
         folder = folder.parent
     if not (folder / "index.html").is_file():
         raise VizError(f"{folder} has no index.html; write the dashboard first with write_dashboard(data, {str(folder)!r})")
+    check_port(port, host)
     handler = functools.partial(_QuietHandler, directory=str(folder))
-    try:
-        httpd = ThreadingHTTPServer((host, port), handler)
-    except OSError as exc:
-        if exc.errno == errno.EADDRINUSE:
-            raise VizError(
-                f"port {port} on {host} is already in use; pass another port, e.g. port={port + 1}, "
-                "or port=0 to let the system pick a free one"
-            ) from exc
-        raise
+    httpd = ThreadingHTTPServer((host, port), handler)
     server = DashboardServer(httpd, host)
     if open_browser:
         webbrowser.open(server.url)
-    return server
-
-
-def launch_dashboard(
-    data: dict,
-    out_dir: str | os.PathLike | None = None,
-    port: int = 8000,
-    block: bool = True,
-    host: str = "127.0.0.1",
-    open_browser: bool = False,
-) -> DashboardServer:
-    """Write the dashboard (into a new temporary folder when `out_dir` is None), serve it and print its URL.
-
-    With `block=True` it serves until Ctrl-C; otherwise it returns the running server (call `.close()`).
-    """
-    folder = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="mlxterp-dashboard-"))
-    write_dashboard(data, folder)
-    server = serve_dashboard(folder, port=port, host=host, open_browser=open_browser)
-    print(f"mlxterp dashboard: {server.url}  (files in {folder})")
-    if block:
-        print("Serving until Ctrl-C.")
-        server.wait()
     return server

@@ -11,8 +11,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
 
-from mlxterp.errors import MlxterpError
-from mlxterp.io_utils import atomic_write_text
+from ..errors import MlxterpError
+from ..io_utils import atomic_write_text
 
 RECORD_KEYS = (
     "index", "label", "frequency", "mean_activation", "max_activation", "histogram",

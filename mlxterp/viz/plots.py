@@ -9,19 +9,13 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from mlxterp.errors import MlxterpError
-from mlxterp.io_utils import atomic_path
+from ..errors import MlxterpError
+from ..io_utils import atomic_path
+from ..sae.metrics import TRAINING_METRICS
 
-# Training-history keys drawn first, in this order, with their titles; any other numeric key follows.
-CURVE_TITLES = {
-    "loss": "loss",
-    "mse": "reconstruction (MSE)",
-    "l1": "L1 penalty",
-    "aux_loss": "auxiliary loss",
-    "l0": "L0 (active features per token)",
-    "dead_fraction": "dead-feature fraction",
-    "lr": "learning rate",
-}
+# Training-history keys drawn first (the trainer's metric vocabulary), in this order, with their
+# titles; any other numeric key (e.g. "val/fvu") follows under its own name.
+CURVE_TITLES = TRAINING_METRICS
 STEP_KEY = "step"
 
 

@@ -7,6 +7,8 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
+from mlxterp.activations import ContextSettings
+
 from mlxterp.errors import SAEError
 from mlxterp.features import analyze_text, collect_dashboard_data
 from mlxterp.viz import VizError
@@ -31,7 +33,7 @@ def test_analyze_text_ranks_features_overall_and_per_token(tiny, tiny_sae):
         assert [f for f, _ in ranked] == np.argsort(-row, kind="stable")[:5].tolist()
     assert result.tokens == tiny.to_str_tokens(PROMPT)
     assert "attention sink" in str(result) and f"{result.top[0][1]:.3f}" in str(result)
-    assert tiny.analyze_text(PROMPT, tiny_sae, top_k=5).top == result.top  # the model's method
+    assert analyze_text(tiny_sae, tiny, PROMPT, top_k=5).top == result.top  # the function behind the method
     assert list(result) == [(f, a) for f, a, _ in result.top]
 
 
@@ -63,7 +65,7 @@ def test_analyze_text_errors(tiny, tiny_sae):
 def data(tiny, tiny_sae):
     from conftest import TEXTS
 
-    return collect_dashboard_data(tiny, tiny_sae, TEXTS, n_features=6, top_k=3, context_tokens=32)
+    return collect_dashboard_data(tiny_sae, tiny, TEXTS, n_features=6, top_k=3, contexts=ContextSettings(context_length=32))
 
 
 def test_dashboard_data_follows_the_record_contract(data, tiny, tiny_sae):
@@ -83,7 +85,7 @@ def test_dashboard_data_follows_the_record_contract(data, tiny, tiny_sae):
 
 def test_visualize_feature_writes_a_self_contained_page(tiny, tiny_sae, texts, tmp_path):
     feature = tiny_sae.analyze_text(tiny, texts[0]).feature_indices[0]
-    path = tiny_sae.visualize_feature(feature, tiny, texts, path=tmp_path / "f.html", context_tokens=32)
+    path = tiny_sae.visualize_feature(feature, tiny, texts, path=tmp_path / "f.html", contexts=ContextSettings(context_length=32))
     page = path.read_text()
     assert path == tmp_path / "f.html" and f'"index":{feature}' in page
     assert "<script src" not in page and "http://" not in page.replace("http://www.w3.org", "")
@@ -91,7 +93,7 @@ def test_visualize_feature_writes_a_self_contained_page(tiny, tiny_sae, texts, t
 
 def test_launch_dashboard_serves_and_refuses_a_busy_port(tiny, tiny_sae, texts, tmp_path):
     server = tiny_sae.launch_dashboard(tiny, texts, out_dir=tmp_path / "dash", port=0, block=False,
-                                       n_features=3, context_tokens=32)
+                                       n_features=3, contexts=ContextSettings(context_length=32))
     try:
         with urllib.request.urlopen(server.url + "data.js") as response:
             assert b"MLXTERP_DASHBOARD" in response.read()

@@ -4,17 +4,18 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
+from mlxterp.activations import ContextSettings
 from mlxterp.errors import DataError, SAEError
 from mlxterp.features import get_top_activating_texts, top_activating_examples
 from mlxterp.features.examples import TopPerFeature
 from mlxterp.features.scan import CodeBatch
 
-SCAN = dict(context_tokens=32, batch_size=2, n_tokens=None)
+SCAN = dict(contexts=ContextSettings(context_length=32), contexts_per_forward=2, n_tokens=None)
 
 
 def all_codes(sae, model, contexts, batch_size):
     """(n_contexts * length, d_hidden) codes of every scanned position (0 elsewhere), batched like the scan."""
-    path = model.activation_path(sae.metadata["layer"], sae.metadata["component"])
+    path = model.hook_point(sae.metadata["layer"], sae.metadata["component"]).path
     parts = []
     for start in range(0, len(contexts.tokens), batch_size):
         with model.trace(mx.array(contexts.tokens[start : start + batch_size]), default_capture=False):
@@ -28,7 +29,7 @@ def scanned(tiny, tiny_sae):
     from conftest import TEXTS
 
     found = top_activating_examples(tiny_sae, tiny, TEXTS, top_k=4, window=(3, 2), **SCAN)
-    return found, all_codes(tiny_sae, tiny, found.contexts, SCAN["batch_size"])
+    return found, all_codes(tiny_sae, tiny, found.contexts, SCAN["contexts_per_forward"])
 
 
 def test_batch_top_examples_equal_brute_force_per_feature(scanned, tiny_sae):
@@ -94,7 +95,7 @@ def test_single_feature_search_matches_the_batch_search(scanned, tiny, tiny_sae,
 
 
 def test_n_tokens_caps_the_scan_and_first_positions_are_never_examples(tiny, tiny_sae, texts):
-    found = top_activating_examples(tiny_sae, tiny, texts, top_k=50, context_tokens=32, n_tokens=40)
+    found = top_activating_examples(tiny_sae, tiny, texts, top_k=50, contexts=ContextSettings(context_length=32), n_tokens=40)
     assert found.contexts.n_tokens == 40
     assert not found.contexts.keep[:, 0].any()
     peaks = sum(len(found[f].top) for f in range(tiny_sae.d_hidden))
@@ -131,12 +132,12 @@ def test_bad_inputs_raise_clear_errors(tiny, tiny_sae, make_sae, texts):
         get_top_activating_texts(tiny_sae, [1, 2], texts)
     with pytest.raises(DataError, match="no text"):
         top_activating_examples(tiny_sae, tiny, [])
-    with pytest.raises(DataError, match="no token to scan"):
-        top_activating_examples(tiny_sae, tiny, ["a"], context_tokens=4)
+    with pytest.raises(DataError, match="no usable token"):
+        top_activating_examples(tiny_sae, tiny, ["a"], contexts=ContextSettings(context_length=4))
     detached = make_sae(tiny)
     del detached.attached_model
     with pytest.raises(SAEError, match="not attached to a model"):
         get_top_activating_texts(detached, 0, texts)
     other_layer = make_sae(tiny, layer=None)
-    with pytest.raises(SAEError, match="no 'layer'"):
+    with pytest.raises(SAEError, match="names no hook point"):
         top_activating_examples(other_layer, tiny, texts)

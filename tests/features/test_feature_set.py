@@ -8,18 +8,16 @@ from safetensors.numpy import save_file
 
 from mlxterp.errors import SAEError
 from mlxterp.features import FeatureSet, SAEFeature
+from mlxterp.sae import FeatureStats
 
 
 @pytest.fixture
 def feature_set(tiny_sae):
     n = tiny_sae.d_hidden
     rng = np.random.default_rng(0)
-    stats = {
-        "frequency": rng.random(n).astype(np.float32),
-        "mean_activation": rng.random(n).astype(np.float32),
-        "max_activation": rng.random(n).astype(np.float32),
-        "n_tokens": 1234,
-    }
+    counts = rng.integers(0, 100, n)
+    stats = FeatureStats(np.arange(n), 1234, counts, counts / 1234, rng.random(n).astype(np.float32),
+                         rng.random(n).astype(np.float32))
     labels = [None] * n
     labels[3] = "golden things ✨"
     return FeatureSet.from_sae(tiny_sae, stats, labels)
@@ -74,8 +72,10 @@ def test_corrupt_foreign_and_missing_files_are_refused(feature_set, tmp_path):
 
 
 def test_invalid_contents_are_refused(tiny_sae):
-    with pytest.raises(SAEError, match="one value per feature"):
+    with pytest.raises(SAEError, match="stats must be a FeatureStats"):
         FeatureSet.from_sae(tiny_sae, {"frequency": np.zeros(3)})
+    with pytest.raises(SAEError, match="one value per feature"):
+        FeatureSet(tiny_sae.W_dec, stats={"frequency": np.zeros(3)})
     with pytest.raises(SAEError, match="labels must be a list of 128"):
         FeatureSet.from_sae(tiny_sae, labels=["x"])
     with pytest.raises(SAEError, match="n_features, d_model"):

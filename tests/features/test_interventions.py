@@ -12,7 +12,7 @@ PROMPT = "The quick brown fox"
 
 
 def clean_run(model, sae):
-    path = model.activation_path(1, "output")
+    path = model.hook_point(1, "output").path
     with model.trace(PROMPT) as trace:
         hidden = model.module(path).output.save()
         logits = model.output.save()
@@ -20,7 +20,7 @@ def clean_run(model, sae):
 
 
 def edited_run(model, sae, declare):
-    path = model.activation_path(1, "output")
+    path = model.hook_point(1, "output").path
     with model.trace(PROMPT):
         declare()
         hidden = model.module(path).output.save()

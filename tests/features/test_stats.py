@@ -15,7 +15,7 @@ def measured(tiny, tiny_sae):
 
     stats = feature_stats(tiny_sae, tiny, TEXTS, n_bins=16, **SCAN)
     contexts = top_activating_examples(tiny_sae, tiny, TEXTS, top_k=1, bands=(), **SCAN).contexts
-    codes = all_codes(tiny_sae, tiny, contexts, SCAN["batch_size"])[contexts.keep.ravel()]
+    codes = all_codes(tiny_sae, tiny, contexts, SCAN["contexts_per_forward"])[contexts.keep.ravel()]
     return stats, codes
 
 

@@ -6,7 +6,8 @@ import pytest
 
 from mlxterp.errors import SAEError
 from mlxterp.sae.config import NORMALIZATION_SCHEMES, SAEConfig
-from mlxterp.sae.model import SAE, geometric_median, latent_totals, remove_parallel_component, unit_rows
+from mlxterp.sae.model import SAE
+from mlxterp.sae.ops import geometric_median, latent_totals, remove_parallel_component, unit_rows
 from mlxterp.sae.normalize import denormalize, fit_normalizer, normalize
 
 
@@ -54,7 +55,9 @@ def test_batchtopk_inference_uses_threshold_not_batch():
     x = raw_acts(n=16, d=8, scale=1.0, offset=0.0)
     together = np.array(sae.encode(x))
     alone = np.concatenate([np.array(sae.encode(x[i : i + 1])) for i in range(16)])
-    np.testing.assert_array_equal(together, alone)
+    # Which latents fire is exact; their values differ by BLAS blocking across row counts.
+    np.testing.assert_array_equal(together > 0, alone > 0)
+    np.testing.assert_allclose(together, alone, rtol=1e-5, atol=1e-6)
     assert together[together > 0].min() > 0.7
     # Training keeps exactly n*k activations over the batch (no ties in random data).
     out = sae.forward(x)
@@ -101,7 +104,7 @@ def test_forward_losses():
     err = np.array(x) - np.array(out.sae_out)
     centred = np.array(x) - np.array(x).mean(0)
     assert float(out.fvu) == pytest.approx((err**2).sum() / (centred**2).sum(), rel=1e-4)
-    assert float(out.mse) == pytest.approx((err**2).mean(), rel=1e-4)
+    assert float(out.recon_loss) == pytest.approx((err**2).mean(), rel=1e-4)
     assert float(out.l0) <= 3 and float(out.auxk_loss) == 0
     no_dead = sae.forward(x, dead_mask=mx.zeros((32,), dtype=mx.bool_), k_aux=4)
     assert float(no_dead.auxk_loss) == 0
@@ -124,7 +127,10 @@ def test_gradient_projection_is_orthogonal_to_rows():
     g = mx.random.normal((10, 6), key=mx.random.key(1))
     p = remove_parallel_component(g, w)
     np.testing.assert_allclose(np.sum(np.array(p) * np.array(w), axis=-1), 0, atol=1e-5)
-    np.testing.assert_allclose(np.array(p + (g - p)), np.array(g), atol=1e-6)
+    # What was removed is each row's own direction: g - p is parallel to w, scaled by <g, w>.
+    removed = np.array(g - p)
+    expected = np.sum(np.array(g) * np.array(w), axis=-1, keepdims=True) * np.array(w)
+    np.testing.assert_allclose(removed, expected, atol=1e-5)
 
 
 def numpy_weiszfeld(points, iters=2000):

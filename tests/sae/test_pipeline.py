@@ -10,7 +10,8 @@ from mlxterp import InterpretableModel
 from mlxterp.errors import DataError, SAEError, TraceError
 from mlxterp.sae.config import SAEConfig
 from mlxterp.sae.model import SAE
-from mlxterp.sae.store import ActivationStore, StoreSettings, split_documents
+from mlxterp.activations import ActivationStore, ContextSettings
+from mlxterp.data import split_documents
 from mlxterp.sae.train import INIT_TOKENS
 from tiny_models import byte_tokenizer, tiny_model
 
@@ -36,7 +37,9 @@ def test_train_sae_records_where_it_was_trained(trained, model):
     sae, path = trained
     meta = sae.metadata
     assert (meta["model_name"], meta["layer"], meta["component"]) == ("tiny-llama", 1, "mlp")
-    assert meta["hook_path"] == "model.layers.1.mlp"
+    assert meta["hook_point"] == {"layer": 1, "component": "mlp", "path": "model.layers.1.mlp"}
+    assert trained[0].hook_point == model.hook_point(1, "mlp")
+    assert meta["model_fingerprint"] == model.fingerprint
     assert meta["drop_first_tokens"] == 1
     assert meta["n_val_documents"] == 6
     final = meta["training"]["final_metrics"]
@@ -48,7 +51,7 @@ def test_train_sae_records_where_it_was_trained(trained, model):
 def test_tokens_above_the_norm_limit_are_left_out(trained, model):
     meta = trained[0].metadata
     train_texts, _ = split_documents(TEXTS, CONFIG.validation_split, CONFIG.seed)
-    store = ActivationStore(model, train_texts, StoreSettings(layer=1, component="mlp", context_length=64),
+    store = ActivationStore(model, train_texts, model.hook_point(1, "mlp"), ContextSettings(context_length=64),
                             progress=False)
     sample_norms = np.linalg.norm(np.asarray(store.sample(INIT_TOKENS)), axis=1)
     assert meta["max_norm_ratio"] == 10.0
@@ -81,14 +84,23 @@ def test_seed_003_snippet_encode_decode(trained, model):
 
 def test_load_refuses_another_layer_or_model(trained, model):
     _, path = trained
-    with pytest.raises(SAEError, match="layer 1 .asked for 0"):
+    with pytest.raises(SAEError, match="trained on layer 1, not layer 0"):
         model.load_sae(str(path), layer=0)
-    with pytest.raises(SAEError, match="component 'mlp'"):
+    with pytest.raises(SAEError, match="trained on component 'mlp', not 'attn'"):
         model.load_sae(str(path), component="attn")
     other = InterpretableModel((tiny_model("llama", seed=5), byte_tokenizer()), name="other-model")
-    with pytest.raises(SAEError, match="model 'tiny-llama'"):
+    with pytest.raises(SAEError, match="trained on another model .'tiny-llama', fingerprint"):
         other.load_sae(str(path))
     assert other.load_sae(str(path), strict=False).d_model == other.d_model
+    # Identity is the weights, not the name: another llama under the same name is refused,
+    # the same weights under another name are accepted.
+    namesake = InterpretableModel((tiny_model("llama", seed=5), byte_tokenizer()), name=model.name)
+    with pytest.raises(SAEError, match="trained on another model"):
+        namesake.load_sae(str(path))
+    renamed = InterpretableModel((model.model, model.tokenizer), name="Tiny Llama Q4")
+    assert renamed.load_sae(str(path)).attached_model is renamed
+    assert trained[0].is_compatible(renamed, layer=1, component="mlp")
+    assert not trained[0].is_compatible(namesake)
 
 
 
@@ -96,7 +108,7 @@ def test_load_refuses_an_sae_of_another_width(model, tmp_path):
     narrow = SAE(d_model=32, d_hidden=64, k=4)
     narrow.metadata.update({"model_name": "tiny-llama", "layer": 1, "component": "mlp"})
     narrow.save(tmp_path / "narrow.mlx")
-    with pytest.raises(SAEError, match="32-dim activations but tiny-llama has d_model=64"):
+    with pytest.raises(SAEError, match="reads 32-dimensional activations but the model has d_model 64"):
         model.load_sae(str(tmp_path / "narrow.mlx"))
 
 
@@ -105,9 +117,9 @@ def test_train_sae_bad_input(model, tmp_path):
         model.train_sae(layer=1, dataset=[], config=CONFIG, progress=False)
     with pytest.raises(TraceError, match="out of range"):
         model.train_sae(layer=9, dataset=TEXTS, config=CONFIG, progress=False)
-    with pytest.raises(DataError, match="fewer than one context"):
+    with pytest.raises(SAEError, match="fewer than batch_size"):
         model.train_sae(layer=1, dataset=["too short"], config=CONFIG, progress=False)
     eos = model.tokenizer.decode([model.pad_token_id])
-    with pytest.raises(DataError, match="no usable tokens"):
+    with pytest.raises(DataError, match="no usable token"):
         model.train_sae(layer=1, dataset=[eos * 100] * 30, config=CONFIG, progress=False)
     assert list(tmp_path.iterdir()) == []

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from mlxterp.sae import sparse_ops
+from mlxterp.sae import streams as streams_module
 from mlxterp.sae.sparse_ops import dense_from_topk, sparse_decode, topk_encode
 
 # (n tokens, d_model, m latents, k)
@@ -191,42 +192,55 @@ def test_block_size_covers_both_paths():
     assert sparse_ops._block_size(96, 90) == 1
 
 
-def test_single_stream_matches_multi_stream(monkeypatch):
-    """The row blocks spread over streams give the same result as one stream."""
-    shape = (40, 16, 512, 8)
+def use_streams(monkeypatch, count):
+    """Make every kernel and the optimizer use `count` streams (1: the default stream alone),
+    whatever the machine's cores or MLXTERP_SAE_STREAMS say."""
+    device = mx.default_device()
+    chosen = [None] if count == 1 else [mx.new_stream(device) for _ in range(count)]
+    monkeypatch.setitem(streams_module._STREAMS, str(device), chosen)
+
+
+def test_three_streams_match_one_stream(monkeypatch):
+    """The row blocks spread over several streams give the result of one stream, with the
+    shape large enough that every kernel really splits (top-k, gathers, the sorted scatter)."""
+    shape = (1024, 64, 512, 8)
     p = make(*shape)
+    assert len(streams_module.row_spans(shape[0], 3, multiple=256)) == 3
+    assert shape[0] > sparse_ops._GATHER_CHUNK_FLOATS // (shape[3] * shape[1])  # several gather chunks
 
     def grads():
         fn = mx.grad(lambda *a: sparse_loss(*a, p["C"], p["R"], 8, b_dec=p["b_dec"]), argnums=(0, 1, 2, 3))
         return [np.array(g) for g in fn(p["x"], p["W_enc"], p["b_enc"], p["W_dec"])]
 
+    use_streams(monkeypatch, 3)
     many = grads()
-    monkeypatch.setattr(sparse_ops, "_streams", lambda: [None])
+    use_streams(monkeypatch, 1)
     one = grads()
     for a, b in zip(many, one):
         close(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_trainer_update_equals_plain_adam_path():
+@pytest.mark.parametrize("n_streams", [1, 3])
+def test_trainer_update_equals_plain_adam_path(monkeypatch, n_streams):
     """SAETrainer's streamed update = remove_parallel_component + clip_grad_norm + Adam + unit_rows."""
     import mlx.optimizers as optim
 
-    from mlxterp.sae.model import SAE, remove_parallel_component, unit_rows
-    from mlxterp.sae.train import _update
+    from mlxterp.sae.model import SAE
+    from mlxterp.sae.ops import remove_parallel_component, unit_rows
+    from mlxterp.sae.optim import apply_update
 
-    def setup():
-        sae = SAE(32, 2048, k=8, seed=4)
-        opt = optim.Adam(learning_rate=lambda step: 1e-3 * (step.astype(mx.float32) + 1), bias_correction=True)
-        opt.init(sae.trainable_parameters())
-        return sae, opt
-
+    use_streams(monkeypatch, n_streams)
+    schedule = lambda step: 1e-3 * (step.astype(mx.float32) + 1)  # noqa: E731
+    sae_a, sae_b = SAE(32, 2048, k=8, seed=4), SAE(32, 2048, k=8, seed=4)
+    opt_a = optim.Adam(learning_rate=1.0, bias_correction=True)
+    opt_b = optim.Adam(learning_rate=schedule, bias_correction=True)
+    opt_a.init(sae_a.trainable_parameters())
+    opt_b.init(sae_b.trainable_parameters())
     rng = np.random.default_rng(5)
     grads = {k: mx.array(rng.normal(size=v.shape).astype(np.float32))
              for k, v in SAE(32, 2048, k=8).trainable_parameters().items()}
-    sae_a, opt_a = setup()
-    sae_b, opt_b = setup()
     for _ in range(2):
-        norm_a = _update(sae_a, opt_a, dict(grads), "W_dec", 0.5)
+        norm_a = apply_update(sae_a, opt_a, dict(grads), schedule(opt_a.step), "W_dec", 0.5)
         g = dict(grads)
         g["W_dec"] = remove_parallel_component(g["W_dec"], sae_b["W_dec"])
         g, norm_b = optim.clip_grad_norm(g, 0.5)
@@ -237,3 +251,4 @@ def test_trainer_update_equals_plain_adam_path():
         close(sae_a.trainable_parameters()[name], value, rtol=1e-5, atol=1e-6)
     close(opt_a.state["W_dec"]["v"], opt_b.state["W_dec"]["v"], rtol=1e-5, atol=1e-6)
     assert int(opt_a.state["step"]) == int(opt_b.state["step"]) == 2
+    close(opt_a.learning_rate, opt_b.learning_rate, rtol=1e-6)

@@ -6,7 +6,8 @@ import pytest
 
 from mlxterp import InterpretableModel
 from mlxterp.errors import DataError, TraceError
-from mlxterp.sae.store import ActivationStore, StoreSettings, norm_limit, split_documents, within_limit
+from mlxterp.activations import ActivationStore, ContextSettings, norm_limit, within_limit
+from mlxterp.data import split_documents
 from tiny_models import D, byte_tokenizer, tiny_model
 
 TEXTS = [f"document number {i}: " + "some words here " * (3 + i % 5) for i in range(40)]
@@ -17,12 +18,13 @@ def model():
     return InterpretableModel((tiny_model("llama", seed=2), byte_tokenizer()))
 
 
-def settings(**kw):
-    return StoreSettings(**{"layer": 1, "component": "mlp", "context_length": 32, **kw})
+def where(model, layer=1, context_length=32):
+    """(hook point, context settings) of the store under test."""
+    return model.hook_point(layer, "mlp"), ContextSettings(context_length=context_length)
 
 
 def test_batches_cover_exactly_the_kept_tokens(model):
-    store = ActivationStore(model, TEXTS, settings(), progress=False)
+    store = ActivationStore(model, TEXTS, *where(model), progress=False)
     eos = model.pad_token_id
     n_contexts = len(store.contexts)
     expected = n_contexts * 31 - int((store.contexts[:, 1:] == eos).sum())
@@ -33,7 +35,7 @@ def test_batches_cover_exactly_the_kept_tokens(model):
 
 
 def test_activations_equal_trace_values_at_kept_positions(model):
-    store = ActivationStore(model, TEXTS, settings(), progress=False)
+    store = ActivationStore(model, TEXTS, *where(model), progress=False)
     with model.trace(mx.array(store.contexts[:2])) as trace:
         pass
     acts = np.array(trace.activations["model.layers.1.mlp"])
@@ -46,14 +48,14 @@ def test_activations_equal_trace_values_at_kept_positions(model):
 
 
 def test_shuffle_mixes_contexts_and_differs_between_epochs(model):
-    store = ActivationStore(model, TEXTS, settings(), progress=False, shuffle_buffer_tokens=256)
+    store = ActivationStore(model, TEXTS, *where(model), progress=False, shuffle_buffer_tokens=256)
     first = np.array(next(store.batches(32)))
     second = np.array(next(store.batches(32)))
     assert not np.allclose(first, second)
 
 
 def test_cache_is_written_then_read_without_the_model(model, tmp_path, monkeypatch):
-    store = ActivationStore(model, TEXTS, settings(), cache_dir=tmp_path, progress=False)
+    store = ActivationStore(model, TEXTS, *where(model), cache_dir=tmp_path, progress=False)
     first = np.concatenate([np.array(b) for b in store.batches(64)])
     assert (store.cache_dir / "manifest.json").exists()
 
@@ -61,14 +63,22 @@ def test_cache_is_written_then_read_without_the_model(model, tmp_path, monkeypat
         raise AssertionError("the model ran although the cache is complete")
 
     monkeypatch.setattr(model, "trace", no_model)
-    again = ActivationStore(model, TEXTS, settings(), cache_dir=tmp_path, progress=False)
+    again = ActivationStore(model, TEXTS, *where(model), cache_dir=tmp_path, progress=False)
     second = np.concatenate([np.array(b) for b in again.batches(64)])
     assert first.shape == second.shape
     np.testing.assert_allclose(np.sort(first.sum(1)), np.sort(second.sum(1)), rtol=1e-5)
 
 
+def test_a_text_shorter_than_a_context_is_padded_not_lost(model):
+    store = ActivationStore(model, ["short"], *where(model), progress=False)
+    ids = model.encode("short")
+    assert store.contexts.shape == (1, 32)
+    assert store.n_tokens == len(ids) - 1  # all but the first position; padding never counts
+    assert sum(len(b) for b in store.batches(8)) == store.n_tokens
+
+
 def test_max_tokens_bounds_the_epoch(model):
-    store = ActivationStore(model, TEXTS, settings(), max_tokens=100, progress=False)
+    store = ActivationStore(model, TEXTS, *where(model), max_tokens=100, progress=False)
     assert sum(len(b) for b in store.batches(16)) == 100
 
 
@@ -82,14 +92,12 @@ def test_validation_split_holds_out_documents():
 
 def test_store_errors(model):
     with pytest.raises(DataError, match="empty"):
-        ActivationStore(model, [], settings())
-    with pytest.raises(DataError, match="fewer than one context"):
-        ActivationStore(model, ["short"], settings())
+        ActivationStore(model, [], *where(model))
     with pytest.raises(TraceError, match="out of range"):
-        ActivationStore(model, TEXTS, settings(layer=7))
+        ActivationStore(model, TEXTS, *where(model, layer=7))
     eos = model.tokenizer.decode([model.pad_token_id])
-    with pytest.raises(DataError, match="no usable tokens"):
-        ActivationStore(model, [eos * 200], settings())
+    with pytest.raises(DataError, match="no usable token"):
+        ActivationStore(model, [eos * 200], *where(model))
     with pytest.raises(DataError, match="empty"):
         split_documents(["", "  "], 0.1, seed=0)
 
@@ -105,7 +113,7 @@ def test_norm_limit_is_the_ratio_times_the_median_norm():
 
 
 def test_max_token_norm_drops_exactly_the_larger_tokens(model, tmp_path):
-    store = ActivationStore(model, TEXTS, settings(), cache_dir=tmp_path, progress=False)
+    store = ActivationStore(model, TEXTS, *where(model), cache_dir=tmp_path, progress=False)
     every = np.concatenate(list(store.chunks()))
     limit = float(np.median(np.linalg.norm(every, axis=1)))
     store.max_token_norm = limit

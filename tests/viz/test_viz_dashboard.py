@@ -1,4 +1,4 @@
-"""Dashboard files, the localhost server (port 0, port in use) and launch_dashboard."""
+"""Dashboard files and the localhost server (port 0, port in use, invalid ports)."""
 
 import json
 import socket
@@ -6,7 +6,7 @@ import urllib.request
 
 import pytest
 
-from mlxterp.viz import VizError, launch_dashboard, serve_dashboard, write_dashboard
+from mlxterp.viz import VizError, check_port, serve_dashboard, write_dashboard
 from viz_factory import make_dashboard_data
 
 DATA = make_dashboard_data(12)
@@ -69,10 +69,7 @@ def test_serving_a_folder_without_a_dashboard_is_refused(tmp_path):
         serve_dashboard(tmp_path, port=0)
 
 
-def test_launch_without_blocking_prints_the_url(tmp_path, capsys):
-    server = launch_dashboard(DATA, tmp_path, port=0, block=False)
-    try:
-        assert server.url in capsys.readouterr().out
-        assert get(server.url)[0] == 200
-    finally:
-        server.close()
+@pytest.mark.parametrize("port", [99999, -1, 80.5, True])
+def test_a_port_that_is_no_port_number_is_refused(port):
+    with pytest.raises(VizError, match="port must be a whole number from 0 to 65535"):
+        check_port(port)

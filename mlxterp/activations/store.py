@@ -1,0 +1,203 @@
+"""Activation store: stream one hook point's activations over a text dataset, shuffled and cached.
+
+Texts are packed into contexts (`pack_texts`); only the positions that count are kept. With
+`max_token_norm` set, tokens whose activation norm exceeds it are dropped too (the norm limit).
+Tokens from many documents are mixed in a shuffle buffer, so memory stays bounded by the buffer
+whatever the dataset size. With `cache_dir`, the first pass writes safetensors shards and later
+epochs (or another SAE on the same hook point) read them instead of running the model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator, Sequence
+
+import mlx.core as mx
+import numpy as np
+from safetensors.numpy import load_file, save_file
+from tqdm.auto import tqdm
+
+from ..batching import rebatch
+from ..errors import DataError
+from ..hookpoint import HookPoint
+from ..io_utils import atomic_path, atomic_write_text
+from .contexts import ContextSettings, pack_texts
+from .norm_limit import within_limit
+
+if TYPE_CHECKING:
+    from ..model import InterpretableModel
+
+CACHE_FORMAT = "mlxterp.activation_cache"
+CACHE_VERSION = 2
+
+
+class ActivationStore:
+    """Activations (n_tokens, d_model) at `hook` over a dataset, served in batches.
+
+    `batches(batch_size)` yields shuffled float32 mx.arrays for one epoch; it runs the model
+    on the first epoch (writing the cache when `cache_dir` is set) and reads the cache after.
+    The cache holds every kept token; `max_token_norm` (None: no limit) filters what is served,
+    so changing it never invalidates the cache. `max_tokens` caps the tokens per epoch.
+    """
+
+    def __init__(
+        self,
+        model: "InterpretableModel",
+        texts: Sequence[str],
+        hook: HookPoint,
+        contexts: ContextSettings = ContextSettings(),
+        *,
+        cache_dir: str | os.PathLike | None = None,
+        max_tokens: int | None = None,
+        seed: int = 0,
+        contexts_per_forward: int = 8,
+        shuffle_buffer_tokens: int = 1 << 16,
+        progress: bool = True,
+        name: str = "train",
+        max_token_norm: float | None = None,
+    ):
+        if not texts:
+            raise DataError("the dataset is empty: pass at least one non-empty text")
+        self.model = model
+        self.hook = hook
+        self.settings = contexts
+        self.seed = seed
+        self.contexts_per_forward = contexts_per_forward
+        packed = pack_texts(model, texts, contexts)
+        self.contexts, self.keep = packed.tokens, packed.keep
+        self.max_tokens = max_tokens
+        self.n_tokens = packed.n_tokens if max_tokens is None else min(packed.n_tokens, max_tokens)
+        self.shuffle_buffer_tokens = shuffle_buffer_tokens
+        self.progress = progress
+        self.name = name
+        self.max_token_norm = max_token_norm
+        self.cache_dir = Path(cache_dir) / self._cache_key(texts) if cache_dir else None
+        self._epoch = 0
+
+    @property
+    def d_model(self) -> int:
+        return self.model.d_model
+
+    def _cache_key(self, texts: Sequence[str]) -> str:
+        digest = hashlib.sha256()
+        for text in texts:
+            digest.update(text.encode("utf-8", "replace"))
+            digest.update(b"\0")
+        meta = json.dumps(
+            {"model": self.model.name, "hook": self.hook.to_dict(), "contexts": self.settings.to_dict(),
+             "seed": self.seed, "max_tokens": self.max_tokens, "name": self.name}, sort_keys=True
+        )
+        digest.update(meta.encode())
+        return f"{self.name}-{digest.hexdigest()[:16]}"
+
+    # -- producing activations ------------------------------------------------------------
+    def _model_chunks(self, order: np.ndarray) -> Iterator[np.ndarray]:
+        """(n_kept, d_model) float32 activations of contexts in `order`, a forward at a time."""
+        step = self.contexts_per_forward
+        produced = 0
+        bar = tqdm(total=self.n_tokens, desc=f"activations ({self.name})", unit="tok",
+                   disable=not self.progress, leave=False)
+        for start in range(0, len(order), step):
+            rows = order[start : start + step]
+            with self.model.trace(mx.array(self.contexts[rows]), default_capture=False):
+                saved = self.model.module(self.hook.path).output.save()
+            chunk = np.asarray(saved.value.astype(mx.float32))[self.keep[rows]]
+            if not np.isfinite(chunk).all():
+                raise DataError(
+                    f"the model produced NaN/inf activations at {self.hook.path}: check the model's "
+                    "weights and dtype (compute in float32 on CPU)"
+                )
+            if self.max_tokens is not None:
+                chunk = chunk[: self.max_tokens - produced]
+            produced += len(chunk)
+            bar.update(len(chunk))
+            yield chunk
+            if produced >= self.n_tokens:
+                break
+        bar.close()
+
+    def _cached_chunks(self, rng: random.Random) -> Iterator[np.ndarray]:
+        manifest = json.loads((self.cache_dir / "manifest.json").read_text())
+        shards = list(manifest["shards"])
+        rng.shuffle(shards)
+        for shard in shards:
+            yield load_file(str(self.cache_dir / shard))["activations"]
+
+    def _cache_complete(self) -> bool:
+        if self.cache_dir is None or not (self.cache_dir / "manifest.json").exists():
+            return False
+        manifest = json.loads((self.cache_dir / "manifest.json").read_text())
+        return (manifest.get("format") == CACHE_FORMAT and manifest.get("version") == CACHE_VERSION
+                and manifest.get("n_tokens") == self.n_tokens)
+
+    def _chunks_writing_cache(self, order: np.ndarray) -> Iterator[np.ndarray]:
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        shards = []
+        chunks = rebatch(self._model_chunks(order), self.shuffle_buffer_tokens // 4, drop_last=False)
+        for i, chunk in enumerate(chunks):
+            name = f"shard-{i:05d}.safetensors"
+            with atomic_path(self.cache_dir / name) as tmp:
+                save_file({"activations": np.ascontiguousarray(chunk)}, str(tmp))
+            shards.append(name)
+            yield chunk
+        manifest = {"format": CACHE_FORMAT, "version": CACHE_VERSION, "model": self.model.name,
+                    "hook": self.hook.to_dict(), "n_tokens": self.n_tokens, "d_model": self.d_model,
+                    "contexts": self.settings.to_dict(), "seed": self.seed, "shards": shards}
+        atomic_write_text(self.cache_dir / "manifest.json", json.dumps(manifest, indent=1))
+
+    def chunks(self) -> Iterator[np.ndarray]:
+        """One epoch of (n, d_model) float32 chunks, in a fresh random context/shard order."""
+        rng = random.Random(self.seed + self._epoch)
+        self._epoch += 1
+        if self._cache_complete():
+            source = self._cached_chunks(rng)
+        else:
+            order = np.arange(len(self.contexts))
+            rng.shuffle(order)
+            source = self._chunks_writing_cache(order) if self.cache_dir is not None else self._model_chunks(order)
+        if self.max_token_norm is None:
+            return source
+        return (chunk[np.array(within_limit(chunk, self.max_token_norm))] for chunk in source)
+
+    def batches(self, batch_size: int, drop_last: bool = False) -> Iterator[mx.array]:
+        """One epoch of shuffled (batch_size, d_model) float32 batches from a shuffle buffer."""
+        rng = np.random.default_rng(self.seed + self._epoch)
+        buffer = np.zeros((0, self.d_model), dtype=np.float32)
+        for chunk in self.chunks():
+            buffer = np.concatenate([buffer, chunk])
+            if len(buffer) < self.shuffle_buffer_tokens:
+                continue
+            buffer = buffer[rng.permutation(len(buffer))]
+            n_out = (len(buffer) - self.shuffle_buffer_tokens // 2) // batch_size * batch_size
+            for start in range(0, n_out, batch_size):
+                yield mx.array(buffer[start : start + batch_size])
+            buffer = buffer[n_out:]
+        buffer = buffer[rng.permutation(len(buffer))]
+        for start in range(0, len(buffer), batch_size):
+            batch = buffer[start : start + batch_size]
+            if len(batch) == batch_size or (not drop_last and len(batch)):
+                yield mx.array(batch)
+
+    def sample(self, n_tokens: int) -> mx.array:
+        """Up to `n_tokens` activations (for normalization statistics and decoder-bias init).
+
+        The sample ignores `max_token_norm`, so that `norm_limit` can be set from it.
+        """
+        rng = random.Random(self.seed - 1)
+        if self._cache_complete():
+            source = self._cached_chunks(rng)
+        else:
+            order = np.arange(len(self.contexts))
+            rng.shuffle(order)
+            source = self._model_chunks(order)
+        parts, have = [], 0
+        for chunk in source:
+            parts.append(chunk)
+            have += len(chunk)
+            if have >= n_tokens:
+                break
+        return mx.array(np.concatenate(parts)[:n_tokens])

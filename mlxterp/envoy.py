@@ -1,0 +1,163 @@
+"""The trace API as the model's own module tree: `model.layers[3].mlp.output.save()`.
+
+An Envoy stands for a module (by path); its `.input` / `.output` are Ports, on which saves and
+edits are declared inside an open `with model.trace(...)` or `with model.generate(...)` block.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Iterator, Sequence
+
+import mlx.core as mx
+
+from .anatomy import get_module, unknown_path_message
+from .errors import TraceError
+from .tracing import Edit, EditFn, Interventions, Positions, Saved
+
+if TYPE_CHECKING:
+    from .model import InterpretableModel
+
+
+class Port:
+    """The input or output of one module inside a trace: save it or edit it.
+
+    Edits take `positions`: None (all tokens), an int, a list of ints, or a slice, over the
+    token axis (axis 1); negative positions count from the end of each forward call.
+    """
+
+    def __init__(self, model: "InterpretableModel", path: str, kind: str):
+        self._model = model
+        self._path = path
+        self._kind = kind
+
+    def _active(self) -> Interventions:
+        return self._model._active_interventions(f"{self._path or 'model'}.{self._kind}")
+
+    def save(self) -> Saved:
+        """Keep this value; the returned handle holds it after the block exits."""
+        return self._active().save(self._path, self._kind)
+
+    def edit(self, fn: EditFn, positions: Positions = None) -> None:
+        """Replace the value `a` by `fn(a)` (at `positions`)."""
+        if not callable(fn):
+            raise TraceError(f"edit needs a function array -> array, got {type(fn).__name__}")
+        self._active().add_edit(self._path, self._kind, Edit(fn, positions))
+
+    def zero(self, positions: Positions = None) -> None:
+        self.edit(mx.zeros_like, positions)
+
+    def scale(self, factor: float, positions: Positions = None) -> None:
+        self.edit(lambda a: a * factor, positions)
+
+    def add(self, vector, positions: Positions = None) -> None:
+        """Add `vector` (broadcast against (batch, seq, d)), e.g. a steering direction."""
+        vector = mx.array(vector)
+        self.edit(lambda a: a + vector.astype(a.dtype), positions)
+
+    def set(self, value, positions: Positions = None) -> None:
+        """Replace the value by `value` (an array broadcast to the edited shape)."""
+        value = mx.array(value)
+        self.edit(lambda a: mx.broadcast_to(value.astype(a.dtype), a.shape), positions)
+
+    def clamp(self, min=None, max=None, positions: Positions = None) -> None:
+        self.edit(lambda a: mx.clip(a, min, max), positions)
+
+    def __setitem__(self, index, value) -> None:
+        """`port[:, 3] = 0`: assign into the value at `index` (numpy-style, all axes)."""
+
+        def assign(a: mx.array) -> mx.array:
+            out = mx.array(a)
+            out[index] = value
+            return out
+
+        self.edit(assign)
+
+    def __repr__(self) -> str:
+        return f"Port({self._path or 'model'!r}, {self._kind})"
+
+
+class Envoy:
+    """A module of the model, addressed by path: `.output` / `.input` are its Ports in a trace.
+
+    Child modules are Envoys too (`model.layers[3].mlp`); `.module` is the mlx module itself.
+    Assigning `envoy.output = value_or_fn` declares an edit.
+    """
+
+    def __init__(self, model: "InterpretableModel", path: str):
+        object.__setattr__(self, "_model", model)
+        object.__setattr__(self, "_path", path)
+
+    @property
+    def path(self) -> str:
+        return self._path
+
+    @property
+    def module(self):
+        return get_module(self._model.model, self._path)
+
+    @property
+    def output(self) -> Port:
+        return Port(self._model, self._path, "output")
+
+    @property
+    def input(self) -> Port:
+        return Port(self._model, self._path, "input")
+
+    def __setattr__(self, name: str, value) -> None:
+        if name not in ("output", "input"):
+            raise AttributeError(f"cannot set {name!r} on a module envoy; set .output or .input")
+        port = Port(self._model, self._path, name)
+        if callable(value):
+            port.edit(value)
+        else:
+            port.set(value)
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        child = f"{self._path}.{name}" if self._path else name
+        module = self.module
+        if isinstance(module, dict) and name in module:
+            value = module[name]
+            return EnvoyList(self._model, child, len(value)) if isinstance(value, list) else Envoy(
+                self._model, child
+            )
+        if hasattr(module, name):
+            return getattr(module, name)
+        raise AttributeError(unknown_path_message(self._model.model, child))
+
+    def __call__(self, *args, **kwargs):
+        return self.module(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"Envoy({self._path or 'model'!r}: {type(self.module).__name__})"
+
+
+class EnvoyList(Sequence):
+    """A list of modules (the transformer blocks) as Envoys; index errors name the valid range."""
+
+    def __init__(self, model: "InterpretableModel", path: str, length: int):
+        self._model = model
+        self._path = path
+        self._length = length
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __iter__(self) -> Iterator[Envoy]:
+        return (Envoy(self._model, f"{self._path}.{i}") for i in range(self._length))
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(self._length)[index]]
+        if isinstance(index, bool) or not isinstance(index, int):
+            raise TraceError(f"index {self._path} with an int, got {index!r}")
+        if not -self._length <= index < self._length:
+            raise TraceError(
+                f"layer {index} is out of range: {self._path} has {self._length} entries "
+                f"(valid: 0..{self._length - 1}, or -1 for the last)"
+            )
+        return Envoy(self._model, f"{self._path}.{index % self._length}")
+
+    def __repr__(self) -> str:
+        return f"EnvoyList({self._path!r}, {self._length})"

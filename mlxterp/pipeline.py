@@ -1,0 +1,101 @@
+"""Training an SAE on a language model: the activation store joined to the SAE trainer."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+from .activations import ActivationStore, norm_limit, within_limit
+from .data import load_texts, split_documents
+from .errors import DataError
+from .sae import SAE, SAEConfig, train_sae_on_activations
+from .sae.train import INIT_TOKENS
+
+if TYPE_CHECKING:
+    from .model import InterpretableModel
+
+MAX_VALIDATION_TOKENS = 200_000
+DEFAULT_COMPONENT = "mlp"
+
+
+def train_sae_on_model(
+    model: "InterpretableModel",
+    layer: int,
+    dataset: Any = None,
+    component: str = DEFAULT_COMPONENT,
+    config: SAEConfig | None = None,
+    save_path: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    max_tokens: int | None = None,
+    progress: bool = True,
+) -> SAE:
+    """Train an SAE on `model`'s activations at (`layer`, `component`) over `dataset`.
+
+    Documents are split into training and validation sets (`config.validation_split`, by
+    document); the activation store packs them into contexts (`config.contexts`) and leaves out
+    tokens whose norm exceeds `config.max_norm_ratio` times the median (the limit is set from the
+    initialization sample and stored as metadata "max_token_norm"). With `cache_dir`,
+    activations are cached on disk so later epochs (and other SAEs on the same hook point) skip
+    the model.
+    """
+    config = config or SAEConfig()
+    hook = model.hook_point(layer, component)
+    texts = load_texts(dataset)
+    train_texts, val_texts = split_documents(texts, config.validation_split, config.seed)
+    options = dict(cache_dir=cache_dir, seed=config.seed, progress=progress)
+    train = ActivationStore(model, train_texts, hook, config.contexts, max_tokens=max_tokens, name="train", **options)
+    val = None
+    if val_texts:
+        try:
+            val = ActivationStore(model, val_texts, hook, config.contexts, max_tokens=MAX_VALIDATION_TOKENS,
+                                  name="val", **options)
+        except DataError as error:
+            warnings.warn(f"no validation metrics: the held-out documents are too small ({error}); "
+                          "raise validation_split or add documents", stacklevel=2)
+    init_sample = np.asarray(train.sample(min(INIT_TOKENS, train.n_tokens)))
+    limit = norm_limit(init_sample, config.max_norm_ratio)
+    for store in (train, val):
+        if store is not None:
+            store.max_token_norm = limit
+    init_kept = np.array(within_limit(init_sample, limit))
+    metadata = {
+        "model_name": model.name,
+        "model_fingerprint": model.fingerprint,
+        "hook_point": hook.to_dict(),
+        "layer": hook.layer,
+        "component": hook.component,
+        **config.contexts.to_dict(),
+        "dataset_fingerprint": dataset_fingerprint(train_texts, max_tokens),
+        "max_norm_ratio": config.max_norm_ratio,
+        "max_token_norm": limit,
+        "norm_outlier_fraction": float(1 - init_kept.mean()),
+        "n_train_documents": len(train_texts),
+        "n_val_documents": len(val_texts) if val is not None else 0,
+        "n_train_tokens_per_epoch": train.n_tokens,
+    }
+    sae = train_sae_on_activations(
+        lambda: train.batches(config.batch_size),
+        config,
+        d_model=model.d_model,
+        val=(lambda: val.batches(config.batch_size)) if val is not None else None,
+        save_path=save_path,
+        metadata=metadata,
+        init_sample=init_sample[init_kept],
+        tokens_per_epoch=train.n_tokens,
+        progress=progress,
+    )
+    sae.attached_model = model
+    return sae
+
+
+def dataset_fingerprint(texts: Sequence[str], max_tokens: int | None) -> str:
+    """A short hash of the training texts and token cap: a resume needs the same data."""
+    digest = hashlib.sha256(repr(max_tokens).encode())
+    for text in texts:
+        digest.update(text.encode("utf-8", "replace"))
+        digest.update(b"\0")
+    return digest.hexdigest()[:16]
