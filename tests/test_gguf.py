@@ -187,6 +187,15 @@ def test_truncated_gguf_is_refused(tmp_path):
         load_gguf(tmp_path / "cut.gguf")
 
 
+def test_corrupt_gguf_metadata_is_refused_before_mlx_reads_it(tmp_path):
+    write_tiny_gguf(tmp_path / "tiny.gguf")
+    data = bytearray((tmp_path / "tiny.gguf").read_bytes())
+    data[24:32] = (1 << 60).to_bytes(8, "little")  # the first metadata key's length
+    (tmp_path / "corrupt.gguf").write_bytes(bytes(data))
+    with pytest.raises(ModelLoadError, match="metadata or tensor table is corrupt"):
+        load_gguf(tmp_path / "corrupt.gguf")
+
+
 def test_missing_gguf_file_is_refused(tmp_path):
     with pytest.raises(ModelLoadError, match="does not exist"):
         load_gguf(tmp_path / "absent.gguf")

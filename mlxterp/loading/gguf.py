@@ -1,9 +1,11 @@
 """Load llama-architecture GGUF files (llama.cpp's format) as an mlx-lm model and tokenizer.
 
 `mx.load` reads the tensors: float tensors come back as arrays, Q4_0/Q4_1/Q8_0 tensors as
-(weight, scales, biases) triplets in MLX's affine layout with group size 32. The metadata holds
-the hyperparameters and the byte-level BPE vocabulary, from which a `tokenizers` tokenizer is
-rebuilt, so nothing is downloaded.
+(weight, scales, biases) triplets in MLX's affine layout with group size 32. `gguf_tensors` makes
+them exact: float32 scales and biases, and BF16/K-quant tensors read from the file's bytes, so
+dequantized weights are llama.cpp's float32 values. The metadata holds the hyperparameters and
+the byte-level BPE vocabulary, from which a `tokenizers` tokenizer is rebuilt, so nothing is
+downloaded.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, 
 from transformers import PreTrainedTokenizerFast
 
 from mlxterp.errors import ModelLoadError
+from mlxterp.loading.gguf_tensors import SUPPORTED_TYPES, exact_tensors, read_tensor_table
 from mlxterp.platform import on_cpu
 
 GGUF_MAGIC = b"GGUF"
@@ -73,7 +76,8 @@ def load_gguf(
             computes on the CPU (its quantized kernels are slow there), False on a GPU, where
             they stay `QuantizedLinear`/`QuantizedEmbedding` layers with each tensor's own bits.
         dtype: dtype of the float parameters (and of scales/biases). Default: float32 on the
-            CPU, float16 on a GPU.
+            CPU, float16 on a GPU. Quantized tensors are dequantized in float32 on the CPU (to
+            llama.cpp's exact values) before the cast to `dtype`.
         return_metadata: also return the GGUF metadata dict (`general.name`, `llama.*`, ...).
 
     Returns:
@@ -81,7 +85,8 @@ def load_gguf(
         then the metadata when `return_metadata` is set.
 
     Raises:
-        ModelLoadError: the file is missing, not GGUF, truncated, or not a llama model.
+        ModelLoadError: the file is missing, not GGUF, truncated, not a llama model, or holds a
+            tensor type other than F32, F16, BF16, Q4_0, Q4_1, Q8_0, Q2_K, Q4_K and Q6_K.
     """
     path = check_gguf_file(path)
     weights, metadata = read_gguf(path)
@@ -133,13 +138,14 @@ def is_gguf_file(path: str | Path) -> bool:
 
 
 def read_gguf(path: Path) -> tuple[dict[str, mx.array], dict]:
-    """Tensors and metadata of a GGUF file; a llama architecture is required."""
+    """Exact tensors (`gguf_tensors.exact_tensors`) and metadata; llama architecture only."""
+    table = read_tensor_table(path)
     try:
         weights, metadata = mx.load(str(path), format="gguf", return_metadata=True)
     except (RuntimeError, ValueError) as e:
         raise ModelLoadError(
-            f"Could not read GGUF file {path}: {e}. The file may be truncated or use a tensor "
-            "type MLX cannot read (MLX reads float, Q4_0, Q4_1 and Q8_0 tensors)."
+            f"Could not read GGUF file {path}: {e}. The file may be truncated or corrupt "
+            f"(mlxterp reads {', '.join(SUPPORTED_TYPES)} tensors)."
         ) from e
     arch = metadata.get("general.architecture")
     if arch not in SUPPORTED_ARCHITECTURES:
@@ -148,7 +154,7 @@ def read_gguf(path: Path) -> tuple[dict[str, mx.array], dict]:
             f"{', '.join(SUPPORTED_ARCHITECTURES)} GGUF files. Load other architectures from "
             "an mlx-lm folder or Hugging Face repo instead."
         )
-    return weights, metadata
+    return exact_tensors(weights, table, path), metadata
 
 
 def model_args(metadata: dict, weights: dict[str, mx.array]) -> llama.ModelArgs:
@@ -246,7 +252,11 @@ def quantized_bits(tensors: dict[str, mx.array]) -> dict[str, int]:
 
 
 def dequantized(tensors: dict[str, mx.array], dtype: mx.Dtype) -> dict[str, mx.array]:
-    """Every tensor as a plain `dtype` array (quantized triplets become one float weight)."""
+    """Every tensor as a plain `dtype` array (quantized triplets become one float weight).
+
+    With the float32 scales and biases of `exact_tensors`, `mx.dequantize` on the CPU gives
+    llama.cpp's float32 values: `scale * q` is exact, so only the `+ bias` rounds, as in ggml.
+    """
     bits = quantized_bits(tensors)
     out = {}
     for name, value in tensors.items():
@@ -255,7 +265,9 @@ def dequantized(tensors: dict[str, mx.array], dtype: mx.Dtype) -> dict[str, mx.a
             out[name] = value.astype(dtype)
         elif suffix == "weight":
             scales, biases = tensors[f"{module}.scales"], tensors[f"{module}.biases"]
-            w = mx.dequantize(value, scales, biases, group_size=GROUP_SIZE, bits=bits[module])
+            w = mx.dequantize(
+                value, scales, biases, group_size=GROUP_SIZE, bits=bits[module], stream=mx.cpu
+            )
             out[name] = w.astype(dtype)
     return out
 
