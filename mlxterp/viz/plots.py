@@ -56,6 +56,14 @@ def _series(history: Mapping[str, Sequence[float]] | Sequence[Mapping[str, float
     return series
 
 
+def curve_panels(history: Mapping[str, Sequence[float]] | Sequence[Mapping[str, float]]) -> list[tuple[str, str]]:
+    """(metric, title) of each panel `plot_training_curves` draws, in order: the trainer's
+    metrics (TRAINING_METRICS) first, then any other key under its own name."""
+    series = _series(history)
+    names = [k for k in CURVE_TITLES if k in series] + sorted(k for k in series if k not in CURVE_TITLES)
+    return [(name, CURVE_TITLES.get(name, name)) for name in names]
+
+
 def plot_training_curves(
     history: Mapping[str, Sequence[float]] | Sequence[Mapping[str, float]], path: str | os.PathLike
 ) -> Path:
@@ -63,7 +71,7 @@ def plot_training_curves(
     series = _series(history)
     if not series:
         raise ValueError("the training history is empty: nothing to plot; log at least one metric per step")
-    names = [k for k in CURVE_TITLES if k in series] + sorted(k for k in series if k not in CURVE_TITLES)
+    names = [name for name, _ in curve_panels(history)]
     cols = min(3, len(names))
     rows = math.ceil(len(names) / cols)
     fig = _figure(4.2 * cols, 2.8 * rows)
@@ -76,7 +84,7 @@ def plot_training_curves(
         ax.grid(alpha=0.3)
         finite = np.asarray(values, dtype=float)
         finite = finite[np.isfinite(finite)]
-        if ("loss" in name or name == "mse") and finite.size and np.all(finite > 0):
+        if ("loss" in name or name in ("fvu", "mse")) and finite.size and np.all(finite > 0):
             ax.set_yscale("log")
     for ax in axes[len(names):]:
         ax.set_visible(False)

@@ -78,13 +78,19 @@ def test_diverse_features_are_pairwise_below_the_threshold(tiny_sae):
     assert len(diverse_features(tiny_sae, 500, max_cosine=0.05)) < 500  # fewer when no more fit
 
 
-def test_random_baseline_is_below_real_feature_similarity(tiny, tiny_sae):
-    baseline = random_baseline(tiny_sae, tiny, n=50)
-    assert baseline.peakiness.shape == baseline.max_cosine.shape == (50,)
-    assert (baseline.max_cosine > 0).all() and (baseline.max_cosine < 1).all()
-    assert "random directions (n=50)" in str(baseline)
-    again = random_baseline(tiny_sae, tiny, n=50)
-    np.testing.assert_array_equal(baseline.peakiness, again.peakiness)  # seeded
+def test_random_baseline_equals_a_numpy_recomputation(tiny, tiny_sae):
+    baseline = random_baseline(tiny_sae, tiny, n=50, seed=3)
+    # The same seeded unit directions, read through the final norm and unembedding by hand.
+    vectors = np.array(mx.random.normal((50, tiny_sae.d_model), key=mx.random.key(3)), dtype=np.float64)
+    vectors /= np.linalg.norm(vectors, axis=-1, keepdims=True)
+    logits = np.array(tiny.unembed(mx.array(vectors.astype(np.float32))), dtype=np.float64)
+    peakiness = (logits.max(-1) - logits.mean(-1)) / logits.std(-1)
+    np.testing.assert_allclose(baseline.peakiness, peakiness, rtol=1e-4)
+    decoder = np.array(tiny_sae.W_dec, dtype=np.float64)
+    decoder /= np.linalg.norm(decoder, axis=-1, keepdims=True)
+    np.testing.assert_allclose(baseline.max_cosine, np.abs(vectors @ decoder.T).max(-1), rtol=1e-4)
+    assert f"{peakiness.mean():.2f} ± {peakiness.std():.2f}" in str(baseline)
+    assert not np.allclose(random_baseline(tiny_sae, tiny, n=50, seed=4).peakiness, peakiness)
 
 
 def test_decoder_errors(tiny, tiny_sae, make_sae):
@@ -94,5 +100,5 @@ def test_decoder_errors(tiny, tiny_sae, make_sae):
         random_baseline(tiny_sae, tiny, n=0)
     wrong = make_sae(tiny)
     wrong.metadata["model_name"] = "gpt2"
-    with pytest.raises(SAEError, match="trained on 'gpt2'"):
+    with pytest.raises(SAEError, match="trained on 'gpt2', not on 'llama'"):
         logit_lens(wrong, 0, tiny)

@@ -22,19 +22,42 @@ def png_size(path):
     return int.from_bytes(header[16:20], "big"), int.from_bytes(header[20:24], "big")
 
 
+@pytest.fixture(scope="module")
+def real_history():
+    """The history a real (tiny) training run writes, validation included."""
+    from mlxterp.sae import SAE, SAEConfig, SAETrainer
+
+    rng = np.random.default_rng(0)
+    acts = rng.normal(size=(2048, 8)).astype(np.float32)
+    config = SAEConfig(expansion_factor=2, k=2, batch_size=256, log_every=2, validation_split=0.25,
+                       checkpoint_every=None, dead_tokens_threshold=300)
+    trainer = SAETrainer(SAE.from_config(8, config), config)
+    trainer.fit(acts, progress=False)
+    return trainer.history
+
+
+def test_training_curves_draw_the_trainers_own_metrics_first(real_history):
+    from mlxterp.sae import TRAINING_METRICS
+    from mlxterp.viz.plots import curve_panels
+
+    panels = curve_panels(real_history)
+    names = [name for name, _ in panels]
+    assert names[: len(TRAINING_METRICS)] == list(TRAINING_METRICS)  # every metric the trainer logs, titled
+    assert [title for _, title in panels[: len(TRAINING_METRICS)]] == list(TRAINING_METRICS.values())
+    assert "val/fvu" in names[len(TRAINING_METRICS):]  # validation metrics follow under their own names
+
+
 @needs_matplotlib
-def test_training_curves_from_columns_and_from_rows(tmp_path):
-    steps = list(range(0, 1000, 50))
-    columns = {
-        "step": steps,
-        "loss": [1 / (1 + s / 100) for s in steps],
-        "l0": [40 - s / 50 for s in steps],
-        "dead_fraction": [s / 5000 for s in steps],
-        "lr": [3e-4] * len(steps),
-    }
-    tall = png_size(plot_training_curves(columns, tmp_path / "columns.png"))  # 4 panels: two rows
-    rows = [{"step": s, "loss": 1.0, "l0": 30.0} | ({"lr": 1e-3} if s % 100 == 0 else {}) for s in steps]
-    assert png_size(plot_training_curves(rows, tmp_path / "rows.png"))[1] < tall[1]  # 3 panels: one row
+def test_training_curves_from_columns_and_from_rows(tmp_path, real_history):
+    tall = png_size(plot_training_curves(real_history, tmp_path / "history.png"))
+    steps = [row["step"] for row in real_history]
+    columns = {"step": steps, "loss": [row["loss"] for row in real_history], "l0": [row["l0"] for row in real_history],
+               "dead_fraction": [row["dead_fraction"] for row in real_history],
+               "learning_rate": [row["learning_rate"] for row in real_history]}
+    four = png_size(plot_training_curves(columns, tmp_path / "columns.png"))  # 4 panels: two rows
+    assert four[1] < tall[1]
+    rows = [{"step": s, "loss": 1.0, "l0": 30.0} | ({"learning_rate": 1e-3} if i % 2 else {}) for i, s in enumerate(steps)]
+    assert png_size(plot_training_curves(rows, tmp_path / "rows.png"))[1] < four[1]  # 3 panels: one row
 
 
 @needs_matplotlib
