@@ -16,6 +16,7 @@ import numpy as np
 
 from ..errors import SAEError
 from ..sae.checks import check_compatible, check_features, resolve_model
+from ..sae.ops import unit_rows
 
 if TYPE_CHECKING:
     from ..model import InterpretableModel
@@ -143,11 +144,10 @@ def _peakiness(logits: mx.array) -> mx.array:
     return (mx.max(logits, axis=-1) - mean) / std
 
 
-def _unit_rows(sae: "SAE", indices: np.ndarray | None = None) -> mx.array:
+def _decoder_directions(sae: "SAE", indices: np.ndarray | None = None) -> mx.array:
+    """Unit decoder rows (all, or those of `indices`), float32."""
     weights = sae.W_dec.astype(mx.float32)
-    if indices is not None:
-        weights = weights[mx.array(indices)]
-    return weights / (mx.linalg.norm(weights, axis=-1, keepdims=True) + 1e-12)
+    return unit_rows(weights if indices is None else weights[mx.array(indices)])
 
 
 def cosine_similarity(
@@ -158,9 +158,9 @@ def cosine_similarity(
     Computed `CHUNK` rows at a time; the full matrix of a 9216-feature SAE takes 340 MB.
     """
     row_idx = np.arange(sae.d_hidden) if rows is None else check_features(sae, rows)
-    col = _unit_rows(sae, None if columns is None else check_features(sae, columns))
+    col = _decoder_directions(sae, None if columns is None else check_features(sae, columns))
     parts = [
-        np.array(_unit_rows(sae, row_idx[s : s + CHUNK]) @ col.T)
+        np.array(_decoder_directions(sae, row_idx[s : s + CHUNK]) @ col.T)
         for s in range(0, len(row_idx), CHUNK)
     ]
     return np.concatenate(parts, axis=0)
@@ -203,7 +203,7 @@ def diverse_features(
         order = np.random.default_rng(seed).permutation(sae.d_hidden)
     else:
         order = check_features(sae, candidates)
-    directions = _unit_rows(sae, order)
+    directions = _decoder_directions(sae, order)
     closest = np.zeros(len(order), dtype=np.float32)
     picked: list[int] = []
     available = np.ones(len(order), dtype=bool)
@@ -248,8 +248,8 @@ def random_baseline(
     model = resolve_model(sae, model)
     check_compatible(sae, model)
     vectors = mx.random.normal((n, sae.d_model), key=mx.random.key(seed))
-    vectors = vectors / mx.linalg.norm(vectors, axis=-1, keepdims=True)
+    vectors = unit_rows(vectors)
     peak = _peakiness(model.unembed(vectors, apply_norm=apply_norm).astype(mx.float32))
-    decoder = _unit_rows(sae)
+    decoder = _decoder_directions(sae)
     max_cos = mx.max(mx.abs(vectors @ decoder.T), axis=-1)
     return RandomBaseline(np.array(peak), np.array(max_cos))

@@ -62,6 +62,16 @@ def test_training_reduces_loss_and_keeps_decoder_unit_norm():
     assert np.all(stats.max_activation >= stats.mean_activation)
 
 
+def test_training_restores_the_mlx_cache_limit():
+    before = 123 << 20
+    original = mx.set_cache_limit(before)
+    try:
+        train_sae_on_activations(sparse_data(n=1024), config(), progress=False)
+        assert mx.set_cache_limit(before) == before  # what training raised it to was put back
+    finally:
+        mx.set_cache_limit(original)
+
+
 def test_tied_weights_train_with_unit_rows():
     cfg = config(tied_weights=True)
     sae = train_sae_on_activations(sparse_data(), cfg, progress=False)
