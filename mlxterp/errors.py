@@ -19,3 +19,7 @@ class SAEError(MlxterpError, ValueError):
 
 class DataError(MlxterpError, ValueError):
     """A dataset is empty, too short, or of a kind mlxterp cannot read."""
+
+
+class ContextLengthWarning(UserWarning):
+    """An input or a generation runs past the model's context length."""

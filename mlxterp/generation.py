@@ -60,12 +60,15 @@ class Generation(InterventionBlock):
         if self._tokens is not None:
             return
         self._prompt_ids = self._prompt_tokens()
+        self.model.check_context(len(self._prompt_ids) + self.max_tokens, "generation (prompt + max_tokens)")
         if self.interventions.wants_logits:
             raise TraceError("generation has no single logits tensor to save; save a layer instead")
         key = mx.random.key(self.seed if self.seed is not None else 0)
         eos = set(getattr(self.model.tokenizer, "eos_token_ids", None) or [])
         cache = make_prompt_cache(self.model.model)
-        runner = HookedRun(self.interventions, stop_path=None)
+        # The last generated token is never fed back, so positions run to prompt + max_tokens - 1.
+        runner = HookedRun(self.interventions, stop_path=None,
+                           horizon=len(self._prompt_ids) + self.max_tokens - 1)
         new: list[int] = []
         step_input = mx.array([self._prompt_ids], dtype=mx.int32)
         with runner.installed(self.model.model):
