@@ -13,6 +13,12 @@ class TraceError(MlxterpError, ValueError):
     """A trace was asked for something that does not exist or cannot be done."""
 
 
+class NotSavedError(TraceError, KeyError):
+    """`trace.activations[path]` for a module whose value the trace did not keep."""
+
+    __str__ = Exception.__str__  # KeyError would print the message as a quoted repr
+
+
 class SAEError(MlxterpError, ValueError):
     """An SAE, its config, its training data or its file is invalid."""
 

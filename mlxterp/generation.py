@@ -8,7 +8,7 @@ import mlx.core as mx
 from mlx_lm.models.cache import make_prompt_cache
 
 from .errors import TraceError
-from .tracing import HookedRun, InterventionBlock, Interventions
+from .tracing import HookedRun, InterventionBlock, Interventions, SavedValues
 
 if TYPE_CHECKING:
     from .model import InterpretableModel
@@ -100,10 +100,12 @@ class Generation(InterventionBlock):
         return self.model.decode(self.tokens)
 
     @property
-    def activations(self) -> dict[str, mx.array]:
+    def activations(self) -> SavedValues:
         """Saved module outputs over prompt and generated tokens: (1, seq, d_model) each."""
         self.run()
-        return {p: s.value for (p, k), s in self.interventions.saves.items() if k == "output"}
+        values = SavedValues(self.model.model, "output", self.model.anatomy.layers_path, "generate")
+        values.update({p: s.value for (p, k), s in self.interventions.saves.items() if k == "output"})
+        return values
 
     def __str__(self) -> str:
         return self.text

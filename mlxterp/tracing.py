@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 import mlx.core as mx
 
-from .anatomy import get_module
-from .errors import TraceError
+from .anatomy import get_module, unknown_path_message
+from .errors import NotSavedError, TraceError
 
 if TYPE_CHECKING:
     from .model import InterpretableModel
@@ -166,6 +166,37 @@ def local_positions(positions: Positions, offset: int, length: int):
     return mx.array(local, dtype=mx.int32) if local else None
 
 
+class SavedValues(dict):
+    """Saved arrays by module path (`trace.activations`, `trace.inputs`); a path that was not
+    saved raises NotSavedError saying what was saved and how to save it."""
+
+    def __init__(self, root, kind: str, layers_path: str = "", block: str = "trace"):
+        super().__init__()
+        self._root = root
+        self._kind = kind
+        self._layers_path = layers_path
+        self._block = block
+        self.logits_saved = False
+
+    def __missing__(self, path):
+        try:
+            get_module(self._root, path) if isinstance(path, str) else None
+        except TraceError:
+            raise NotSavedError(unknown_path_message(self._root, path)) from None
+        prefix = f"{self._layers_path}."
+        block = path[len(prefix):] if self._layers_path and isinstance(path, str) and path.startswith(prefix) else ""
+        port = (f"model.layers[{block}].{self._kind}.save()" if block.isdigit()
+                else f"model.module({path!r}).{self._kind}.save()")
+        saved = [repr(p) for p in sorted(self)] + (["the logits (trace.logits)"] if self.logits_saved else [])
+        default = (", or save nothing at all: a trace with nothing saved keeps every block's output, "
+                   "mlp and attn") if self._kind == "output" and self._block == "trace" else ""
+        raise NotSavedError(
+            f"the {self._kind} of {path!r} was not saved in this {self._block} (saved: "
+            f"{', '.join(saved) or 'nothing'}). Save it inside the `with model.{self._block}(...)` block "
+            f"with `{port}`{default}"
+        )
+
+
 @dataclass
 class Interventions:
     """What a trace or a generation saves and edits, keyed by (module path, "input"/"output")."""
@@ -302,8 +333,8 @@ class Trace(InterventionBlock):
         self.tokens, self.mask = model.tokenize_batch(inputs)
         self.interventions = Interventions()
         self.default_capture = default_capture
-        self.activations: dict[str, mx.array] = {}
-        self.inputs: dict[str, mx.array] = {}
+        self.activations = SavedValues(model.model, "output", model.anatomy.layers_path)
+        self.inputs = SavedValues(model.model, "input", model.anatomy.layers_path)
         self.logits: mx.array | None = None
 
     def save(self, path: str, kind: str = "output") -> Saved:
@@ -336,6 +367,7 @@ class Trace(InterventionBlock):
                 continue
             if path == "":
                 self.logits = saved.value
+                self.activations.logits_saved = True
             elif kind == "output":
                 self.activations[path] = saved.value
             else:
