@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Iterator, Sequence
 
 import mlx.core as mx
+import numpy as np
 
 from .anatomy import get_module, unknown_path_message
 from .errors import TraceError
@@ -37,30 +38,41 @@ class Port:
         """Keep this value; the returned handle holds it after the block exits."""
         return self._active().save(self._path, self._kind)
 
-    def edit(self, fn: EditFn, positions: Positions = None) -> None:
-        """Replace the value `a` by `fn(a)` (at `positions`)."""
+    def edit(self, fn: EditFn, positions: Positions = None, label: str | None = None) -> None:
+        """Replace the value `a` by `fn(a)` (at `positions`); `fn` must return an array of a's
+        shape and dtype. `label` names the edit in error messages."""
         if not callable(fn):
             raise TraceError(f"edit needs a function array -> array, got {type(fn).__name__}")
-        self._active().add_edit(self._path, self._kind, Edit(fn, positions))
+        if label is None:
+            label = f"edit({getattr(fn, '__name__', type(fn).__name__)})"
+        self._active().add_edit(self._path, self._kind, Edit(fn, positions, label))
 
     def zero(self, positions: Positions = None) -> None:
-        self.edit(mx.zeros_like, positions)
+        self.edit(mx.zeros_like, positions, "zero()")
 
     def scale(self, factor: float, positions: Positions = None) -> None:
-        self.edit(lambda a: a * factor, positions)
+        self._finite("scale", factor=factor)
+        self.edit(lambda a: a * factor, positions, f"scale({factor!r})")
 
     def add(self, vector, positions: Positions = None) -> None:
         """Add `vector` (broadcast against (batch, seq, d)), e.g. a steering direction."""
         vector = mx.array(vector)
-        self.edit(lambda a: a + vector.astype(a.dtype), positions)
+        self.edit(lambda a: a + vector.astype(a.dtype), positions, f"add(<vector {tuple(vector.shape)}>)")
 
     def set(self, value, positions: Positions = None) -> None:
         """Replace the value by `value` (an array broadcast to the edited shape)."""
         value = mx.array(value)
-        self.edit(lambda a: mx.broadcast_to(value.astype(a.dtype), a.shape), positions)
+        self.edit(lambda a: mx.broadcast_to(value.astype(a.dtype), a.shape), positions,
+                  f"set(<value {tuple(value.shape)}>)")
 
     def clamp(self, min=None, max=None, positions: Positions = None) -> None:
-        self.edit(lambda a: mx.clip(a, min, max), positions)
+        """Clip the value into [min, max] (either bound may be None, not both)."""
+        if min is None and max is None:
+            raise TraceError(f"clamp of {self._where()} needs min=, max= or both")
+        self._finite("clamp", min=min, max=max)
+        if min is not None and max is not None and np.any(np.asarray(min) > np.asarray(max)):
+            raise TraceError(f"clamp of {self._where()} has min={min!r} above max={max!r}: swap them")
+        self.edit(lambda a: mx.clip(a, min, max), positions, f"clamp({min!r}, {max!r})")
 
     def __setitem__(self, index, value) -> None:
         """`port[:, 3] = 0`: assign into the value at `index` (numpy-style, all axes)."""
@@ -70,7 +82,15 @@ class Port:
             out[index] = value
             return out
 
-        self.edit(assign)
+        self.edit(assign, label=f"[{index!r}] = ...")
+
+    def _where(self) -> str:
+        return f"{self._path or 'model'}.{self._kind}"
+
+    def _finite(self, what: str, **values) -> None:
+        for name, value in values.items():
+            if value is not None and not np.all(np.isfinite(np.asarray(value, dtype=np.float64))):
+                raise TraceError(f"{what} of {self._where()} got {name}={value!r}: pass a finite number")
 
     def __repr__(self) -> str:
         return f"Port({self._path or 'model'!r}, {self._kind})"

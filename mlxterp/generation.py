@@ -8,7 +8,7 @@ import mlx.core as mx
 from mlx_lm.models.cache import make_prompt_cache
 
 from .errors import TraceError
-from .tracing import HookedRun, InterventionBlock, Interventions
+from .tracing import HookedRun, InterventionBlock, Interventions, SavedValues
 
 if TYPE_CHECKING:
     from .model import InterpretableModel
@@ -60,12 +60,15 @@ class Generation(InterventionBlock):
         if self._tokens is not None:
             return
         self._prompt_ids = self._prompt_tokens()
+        self.model.check_context(len(self._prompt_ids) + self.max_tokens, "generation (prompt + max_tokens)")
         if self.interventions.wants_logits:
             raise TraceError("generation has no single logits tensor to save; save a layer instead")
         key = mx.random.key(self.seed if self.seed is not None else 0)
         eos = set(getattr(self.model.tokenizer, "eos_token_ids", None) or [])
         cache = make_prompt_cache(self.model.model)
-        runner = HookedRun(self.interventions, stop_path=None)
+        # The last generated token is never fed back, so positions run to prompt + max_tokens - 1.
+        runner = HookedRun(self.interventions, stop_path=None,
+                           horizon=len(self._prompt_ids) + self.max_tokens - 1)
         new: list[int] = []
         step_input = mx.array([self._prompt_ids], dtype=mx.int32)
         with runner.installed(self.model.model):
@@ -97,10 +100,12 @@ class Generation(InterventionBlock):
         return self.model.decode(self.tokens)
 
     @property
-    def activations(self) -> dict[str, mx.array]:
+    def activations(self) -> SavedValues:
         """Saved module outputs over prompt and generated tokens: (1, seq, d_model) each."""
         self.run()
-        return {p: s.value for (p, k), s in self.interventions.saves.items() if k == "output"}
+        values = SavedValues(self.model.model, "output", self.model.anatomy.layers_path, "generate")
+        values.update({p: s.value for (p, k), s in self.interventions.saves.items() if k == "output"})
+        return values
 
     def __str__(self) -> str:
         return self.text

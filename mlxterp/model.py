@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import numbers
 import os
+import warnings
 from typing import Any, Iterable, Sequence
 
 import mlx.core as mx
@@ -17,7 +19,7 @@ import numpy as np
 
 from .anatomy import Anatomy, get_module, module_names, resolve_anatomy, unembed
 from .envoy import Envoy, EnvoyList, Port
-from .errors import TraceError
+from .errors import ContextLengthWarning, TraceError
 from .generation import Generation
 from .hookpoint import HookPoint
 from .loading import load_model
@@ -147,6 +149,26 @@ class InterpretableModel:
         return [self.tokenizer.decode([i]) for i in ids]
 
     @property
+    def context_length(self) -> int | None:
+        """The longest sequence the model was trained on (`max_position_embeddings` or GPT-2's
+        `n_positions` in its args), or None when the model does not say."""
+        args = getattr(self.model, "args", None)
+        for attr in ("max_position_embeddings", "n_positions", "n_ctx"):
+            value = getattr(args, attr, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        return None
+
+    def check_context(self, n_tokens: int, what: str) -> None:
+        """Warn when `what` runs `n_tokens` tokens, past the model's context length."""
+        limit = self.context_length
+        if limit is not None and n_tokens > limit:
+            warnings.warn(
+                f"{what} runs {n_tokens} tokens, past {self.name}'s context of {limit} "
+                "(max_position_embeddings): outputs past it are unreliable; split the text into "
+                f"pieces of at most {limit} tokens", ContextLengthWarning, stacklevel=3)
+
+    @property
     def pad_token_id(self) -> int:
         for attr in ("pad_token_id", "eos_token_id"):
             value = getattr(self.tokenizer, attr, None)
@@ -162,11 +184,11 @@ class InterpretableModel:
         """
         if isinstance(inputs, str):
             rows = [self.encode(inputs)]
-        elif isinstance(inputs, mx.array):
-            rows = inputs.tolist() if inputs.ndim == 2 else [inputs.tolist()]
+        elif isinstance(inputs, (mx.array, np.ndarray)):
+            rows = _array_rows(inputs)
         elif isinstance(inputs, (list, tuple)) and inputs and all(isinstance(t, str) for t in inputs):
             rows = [self.encode(t) for t in inputs]
-        elif isinstance(inputs, (list, tuple)) and inputs and all(isinstance(t, int) for t in inputs):
+        elif isinstance(inputs, (list, tuple)) and inputs and all(isinstance(t, numbers.Number) for t in inputs):
             rows = [list(inputs)]
         elif isinstance(inputs, (list, tuple)) and inputs and all(
             isinstance(t, (list, tuple)) for t in inputs
@@ -181,12 +203,19 @@ class InterpretableModel:
             raise TraceError(
                 "an input tokenized to no tokens: pass non-empty text (or at least one token id)"
             )
+        wrong = [t for r in rows for t in r if isinstance(t, bool) or not isinstance(t, numbers.Integral)]
+        if wrong:
+            raise TraceError(
+                f"token ids must be integers, got {wrong[0]!r} ({type(wrong[0]).__name__}): pass int "
+                "ids (model.encode(text) gives them), or the text itself"
+            )
         bad = [t for r in rows for t in r if not 0 <= int(t) < self.vocab_size]
         if bad:
             raise TraceError(f"token id {bad[0]} is outside the vocabulary (size {self.vocab_size})")
+        self.check_context(max(len(r) for r in rows), "the input")
         length = max(len(r) for r in rows)
         pad = self.pad_token_id
-        tokens = mx.array([r + [pad] * (length - len(r)) for r in rows], dtype=mx.int32)
+        tokens = mx.array([[int(t) for t in r] + [pad] * (length - len(r)) for r in rows], dtype=mx.int32)
         mask = mx.array([[1] * len(r) + [0] * (length - len(r)) for r in rows], dtype=mx.int32)
         return tokens, mask
 
@@ -276,6 +305,23 @@ def _as_id_list(ids) -> list[int]:
     if isinstance(ids, mx.array):
         return [int(i) for i in ids.reshape(-1).tolist()]
     return [int(i) for i in ids]
+
+
+def _array_rows(ids) -> list[list]:
+    """Rows of token ids from a (seq,) or (batch, seq) mx/numpy array of integers."""
+    kind = str(ids.dtype)
+    if ids.ndim not in (1, 2):
+        raise TraceError(
+            f"token ids must be an array of shape (seq,) or (batch, seq), got shape {tuple(ids.shape)}: "
+            "pass token ids, not activations, and reshape a batch to (batch, seq)"
+        )
+    if "int" not in kind:
+        raise TraceError(
+            f"token ids must be an integer array, got {kind}: float ids would be truncated; "
+            "pass ids.astype(mx.int32) if they are whole numbers"
+        )
+    rows = ids.tolist()
+    return rows if ids.ndim == 2 else [rows]
 
 
 def _describe(value) -> str:

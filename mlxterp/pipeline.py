@@ -42,6 +42,9 @@ def train_sae_on_model(
     activations are cached on disk so later epochs (and other SAEs on the same hook point) skip
     the model.
     """
+    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
+        raise DataError(f"max_tokens must be a positive number of tokens per epoch (or None: no cap), "
+                        f"got {max_tokens!r}")
     config = config or SAEConfig()
     hook = model.hook_point(layer, component)
     texts = load_texts(dataset)

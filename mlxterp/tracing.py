@@ -8,13 +8,14 @@ only for the duration of that forward and are always restored.
 from __future__ import annotations
 
 import contextlib
+import numbers
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 import mlx.core as mx
 
-from .anatomy import get_module
-from .errors import TraceError
+from .anatomy import get_module, unknown_path_message
+from .errors import NotSavedError, TraceError
 
 if TYPE_CHECKING:
     from .model import InterpretableModel
@@ -72,20 +73,80 @@ class Saved:
 
 @dataclass
 class Edit:
-    """A function applied to a module's input or output at chosen token positions."""
+    """A function applied to a module's input or output at chosen token positions.
+
+    `label` is how error messages name the edit (e.g. "zero(positions=[50])").
+    """
 
     fn: EditFn
     positions: Positions = None
+    label: str = "edit"
 
-    def apply(self, array: mx.array, offset: int) -> mx.array:
+    def __post_init__(self):
+        # One concrete sequence, read on every forward call (a generator would be used up).
+        if hasattr(self.positions, "tolist"):
+            self.positions = self.positions.tolist()
+        if self.positions is not None and not isinstance(self.positions, (int, slice)):
+            self.positions = tuple(self.positions) if isinstance(self.positions, Iterable) else self.positions
+
+    def apply(self, array: mx.array, offset: int, where: str = "") -> mx.array:
         if self.positions is None:
-            return self.fn(array)
+            return self._checked(self.fn(array), array, where)
         index = local_positions(self.positions, offset, array.shape[1])
         if index is None:
             return array
+        part = array[:, index]
         edited = mx.array(array)
-        edited[:, index] = self.fn(array[:, index])
+        edited[:, index] = self._checked(self.fn(part), part, where)
         return edited
+
+    def check_positions(self, length: int, horizon: int, where: str) -> None:
+        """Refuse positions outside the sequence: `length` tokens in the first forward call,
+        `horizon` over the whole run (more than `length` in generation, where later steps add
+        one token each). Negative positions count back from the end of each call, so they
+        must fit in the first one."""
+        positions = self.positions
+        if positions is None or isinstance(positions, slice):
+            return
+        items = list(positions) if isinstance(positions, tuple) else [positions]
+        wrong = [p for p in items if isinstance(p, bool) or not isinstance(p, numbers.Integral)]
+        if wrong or not items:
+            raise TraceError(
+                f"the edit {self.label} of {where} has positions {positions!r}: pass None, an int, "
+                "a non-empty list of ints or a slice over the token axis"
+            )
+        bad = [p for p in items if (p >= horizon if p >= 0 else -p > length)]
+        if bad:
+            span = (f"the input has {length} tokens (positions 0..{length - 1}, or -{length}..-1 "
+                    "from the end)")
+            if horizon > length:
+                span = (f"the prompt has {length} tokens and generation runs {horizon} in all "
+                        f"(positions 0..{horizon - 1}; negative ones count back from the newest "
+                        f"token, at most -{length})")
+            raise TraceError(
+                f"the edit {self.label} of {where} would do nothing at positions {bad}: {span}. "
+                "Pass positions inside the sequence."
+            )
+
+    def _checked(self, out: Any, like: mx.array, where: str) -> mx.array:
+        if not isinstance(out, mx.array):
+            raise TraceError(
+                f"the edit {self.label} of {where} returned {type(out).__name__}, not an array: an "
+                f"edit is a function a -> edited a of the same shape {tuple(like.shape)}, e.g. "
+                "`lambda a: a * 2` (did the function forget to `return`?)"
+            )
+        if out.shape != like.shape:
+            raise TraceError(
+                f"the edit {self.label} of {where} returned shape {tuple(out.shape)} for a value of "
+                f"shape {tuple(like.shape)}: an edit must keep the shape (to edit some tokens only, "
+                "pass positions=... instead of slicing)"
+            )
+        if out.dtype != like.dtype:
+            raise TraceError(
+                f"the edit {self.label} of {where} returned {out.dtype} for a {like.dtype} value: "
+                "return the same dtype, e.g. `(...).astype(a.dtype)`"
+            )
+        return out
 
 
 def local_positions(positions: Positions, offset: int, length: int):
@@ -103,6 +164,37 @@ def local_positions(positions: Positions, offset: int, length: int):
         {p + length if p < 0 else p - offset for p in positions} & set(range(length))
     )
     return mx.array(local, dtype=mx.int32) if local else None
+
+
+class SavedValues(dict):
+    """Saved arrays by module path (`trace.activations`, `trace.inputs`); a path that was not
+    saved raises NotSavedError saying what was saved and how to save it."""
+
+    def __init__(self, root, kind: str, layers_path: str = "", block: str = "trace"):
+        super().__init__()
+        self._root = root
+        self._kind = kind
+        self._layers_path = layers_path
+        self._block = block
+        self.logits_saved = False
+
+    def __missing__(self, path):
+        try:
+            get_module(self._root, path) if isinstance(path, str) else None
+        except TraceError:
+            raise NotSavedError(unknown_path_message(self._root, path)) from None
+        prefix = f"{self._layers_path}."
+        block = path[len(prefix):] if self._layers_path and isinstance(path, str) and path.startswith(prefix) else ""
+        port = (f"model.layers[{block}].{self._kind}.save()" if block.isdigit()
+                else f"model.module({path!r}).{self._kind}.save()")
+        saved = [repr(p) for p in sorted(self)] + (["the logits (trace.logits)"] if self.logits_saved else [])
+        default = (", or save nothing at all: a trace with nothing saved keeps every block's output, "
+                   "mlp and attn") if self._kind == "output" and self._block == "trace" else ""
+        raise NotSavedError(
+            f"the {self._kind} of {path!r} was not saved in this {self._block} (saved: "
+            f"{', '.join(saved) or 'nothing'}). Save it inside the `with model.{self._block}(...)` block "
+            f"with `{port}`{default}"
+        )
 
 
 @dataclass
@@ -157,9 +249,10 @@ class Hook:
 class HookedRun:
     """Installs hooks for a set of interventions and applies them on each call."""
 
-    def __init__(self, interventions: Interventions, stop_path: str | None):
+    def __init__(self, interventions: Interventions, stop_path: str | None, horizon: int | None = None):
         self.interventions = interventions
         self.stop_path = stop_path
+        self.horizon = horizon  # tokens over the whole run (generation); None: the first call's
         self.offset = 0
         self.touched = set(interventions.saves) | set(interventions.edits)
 
@@ -170,8 +263,11 @@ class HookedRun:
                 f"the {kind} of {path!r} is a {type(array).__name__}, not an array; "
                 "only array inputs and outputs can be saved or edited"
             )
+        where = f"{path or 'model'}.{kind}"
         for edit in self.interventions.edits.get(key, ()):
-            array = edit.apply(array, self.offset)
+            if self.offset == 0 and array.ndim >= 2:
+                edit.check_positions(array.shape[1], self.horizon or array.shape[1], where)
+            array = edit.apply(array, self.offset, where)
         if key in self.interventions.saves:
             self.interventions.saves[key]._record(array)
         return array
@@ -237,8 +333,8 @@ class Trace(InterventionBlock):
         self.tokens, self.mask = model.tokenize_batch(inputs)
         self.interventions = Interventions()
         self.default_capture = default_capture
-        self.activations: dict[str, mx.array] = {}
-        self.inputs: dict[str, mx.array] = {}
+        self.activations = SavedValues(model.model, "output", model.anatomy.layers_path)
+        self.inputs = SavedValues(model.model, "input", model.anatomy.layers_path)
         self.logits: mx.array | None = None
 
     def save(self, path: str, kind: str = "output") -> Saved:
@@ -271,6 +367,7 @@ class Trace(InterventionBlock):
                 continue
             if path == "":
                 self.logits = saved.value
+                self.activations.logits_saved = True
             elif kind == "output":
                 self.activations[path] = saved.value
             else:

@@ -241,3 +241,31 @@ def test_saved_value_before_exit_is_an_error():
         with pytest.raises(TraceError, match="not available yet"):
             saved.value
     assert saved.shape == (1, 2, D)
+
+
+def test_reading_an_unsaved_module_says_what_was_saved_and_how_to_save_it():
+    from mlxterp.errors import NotSavedError
+
+    model = wrap()
+    with model.trace("Hello") as trace:
+        model.layers[0].mlp.output.save()
+        model.output.save()
+    message = (r"the output of 'model.layers.2' was not saved in this trace \(saved: 'model.layers.0.mlp', "
+               r"the logits \(trace.logits\)\)\. Save it .* with `model.layers\[2\].output.save\(\)`, or save "
+               r"nothing at all: a trace with nothing saved keeps every block's output, mlp and attn")
+    with pytest.raises(NotSavedError, match=message):
+        trace.activations["model.layers.2"]
+    with pytest.raises(KeyError):  # still a KeyError for code that catches one
+        trace.activations["model.layers.2"]
+    with pytest.raises(NotSavedError, match=r"`model.module\('model.layers.1.self_attn'\).input.save\(\)`$"):
+        trace.inputs["model.layers.1.self_attn"]
+    with pytest.raises(NotSavedError, match=r"no module at path 'model.layers.0.mpl'. Did you mean 'model.layers.0.mlp'"):
+        trace.activations["model.layers.0.mpl"]
+    assert "model.layers.2" not in trace.activations and trace.activations.get("model.layers.2") is None
+    assert trace.activations["model.layers.0.mlp"].shape == (1, 5, D)
+
+    with model.generate("Hello", max_tokens=2) as gen:
+        model.layers[1].output.save()
+    with pytest.raises(NotSavedError, match=r"not saved in this generate \(saved: 'model.layers.1'\).*"
+                                            r"`model.layers\[0\].output.save\(\)`$"):
+        gen.activations["model.layers.0"]

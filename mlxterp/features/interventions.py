@@ -60,19 +60,24 @@ def ablate(features: int | Sequence[int]) -> FeatureEdit:
 
 def scale(features: int | Sequence[int], factor: float) -> FeatureEdit:
     """Multiply the features' codes by `factor` (amplification when > 1)."""
-    return FeatureEdit(_as_tuple(features), "scale", value=float(factor))
+    return FeatureEdit(_as_tuple(features), "scale", value=_finite(f"scale({features!r}, ...)", "factor", factor))
 
 
 def set_value(features: int | Sequence[int], value: float) -> FeatureEdit:
     """Set the features' codes to `value` at every edited position, active or not."""
-    return FeatureEdit(_as_tuple(features), "set", value=float(value))
+    return FeatureEdit(_as_tuple(features), "set", value=_finite(f"set_value({features!r}, ...)", "value", value))
 
 
 def clamp(features: int | Sequence[int], min: float | None = None, max: float | None = None) -> FeatureEdit:
-    """Clip the features' codes into [min, max] (either bound may be None)."""
+    """Clip the features' codes into [min, max] (either bound may be None, not both)."""
+    where = f"clamp({features!r}, min={min!r}, max={max!r})"
     if min is None and max is None:
-        raise SAEError("clamp needs min=, max= or both")
-    return FeatureEdit(_as_tuple(features), "clamp", low=min, high=max)
+        raise SAEError(f"{where} needs min=, max= or both")
+    low = None if min is None else _finite(where, "min", min)
+    high = None if max is None else _finite(where, "max", max)
+    if low is not None and high is not None and low > high:
+        raise SAEError(f"{where}: min is above max, so every code would become {high}: swap them")
+    return FeatureEdit(_as_tuple(features), "clamp", low=low, high=high)
 
 
 def sae_edit_fn(sae: "SAE", edits: Sequence[FeatureEdit] = (), error_term: bool = True) -> Callable:
@@ -123,7 +128,7 @@ def splice_sae(
     """
     model = resolve_model(sae, model)
     path = sae_hook_point(sae, model, layer).path
-    Port(model, path, "output").edit(sae_edit_fn(sae, edits, error_term), positions)
+    Port(model, path, "output").edit(sae_edit_fn(sae, edits, error_term), positions, "splice_sae()")
 
 
 def steer(
@@ -149,7 +154,10 @@ def steer(
     model = resolve_model(sae, model)
     path = sae_hook_point(sae, model, layer).path
     indices = check_features(sae, feature_idx)
-    strengths = mx.array(strength, dtype=mx.float32).reshape(-1)
+    given = np.asarray(strength, dtype=np.float64).reshape(-1)
+    if not np.all(np.isfinite(given)):
+        raise SAEError(f"steer at {path} (features {[int(i) for i in indices]}) got strength={strength!r}: pass finite numbers")
+    strengths = mx.array(given.astype(np.float32))
     if strengths.size not in (1, len(indices)):
         raise SAEError(f"got {strengths.size} strengths for {len(indices)} features: pass one, or one per feature")
     strengths = mx.broadcast_to(strengths, (len(indices),))[:, None]
@@ -158,7 +166,7 @@ def steer(
         directions = feature_directions(sae, indices, sae.token_norm(x.astype(mx.float32)))
         return (x + mx.sum(directions * strengths, axis=-2)).astype(x.dtype)
 
-    Port(model, path, "output").edit(add_features, positions)
+    Port(model, path, "output").edit(add_features, positions, f"steer(feature_idx={feature_idx!r})")
 
 
 @dataclass
@@ -196,6 +204,16 @@ def compare_generations(
     with model.generate(prompt, max_tokens=max_tokens, **generate_options) as edited:
         edit_fn()
     return GenerationComparison(prompt, baseline.text, edited.text, baseline.tokens, edited.tokens)
+
+
+def _finite(where: str, name: str, value) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise SAEError(f"{where}: {name} must be a number, got {value!r}") from None
+    if not np.isfinite(number):
+        raise SAEError(f"{where}: {name}={value!r} is not finite: pass a finite number")
+    return number
 
 
 def _as_tuple(features: int | Sequence[int]) -> tuple[int, ...]:

@@ -4,7 +4,9 @@ Layout (format "mlxterp.sae", version 1; docs/sae.md "File format"):
   tensors  W_enc (d_hidden, d_model), b_enc (d_hidden,), W_dec (d_hidden, d_model) unless tied,
            b_dec (d_model,), threshold (), norm_stats.<name> (normalization statistics)
   header   format, format_version, sae (JSON: constructor arguments), metadata (JSON),
-           library_version, checksum (sha256 over every tensor's name, dtype, shape and bytes)
+           library_version, checksum_version, checksum (sha256 over every tensor's name, dtype,
+           shape and bytes and, from checksum_version 2, every other header entry; files without
+           checksum_version hold version 1, tensors only, and still load)
 The same container (`write_tensors` / `read_tensors`) holds training checkpoints and FeatureSets;
 `SAE.save` / `SAE.load` write and read SAE files with it.
 """
@@ -36,13 +38,20 @@ def library_version() -> str:
     return getattr(sys.modules.get("mlxterp"), "__version__", "unknown")
 
 
-def checksum(tensors: dict[str, np.ndarray]) -> str:
-    """sha256 hex digest over the tensors' names, dtypes, shapes and bytes, in name order."""
+CHECKSUM_VERSION = 2
+
+
+def checksum(tensors: dict[str, np.ndarray], header: dict[str, str] | None = None) -> str:
+    """sha256 hex digest over the tensors' names, dtypes, shapes and bytes, in name order, then
+    (version 2) every header entry but "checksum" itself; `header=None` is version 1."""
     digest = hashlib.sha256()
     for name in sorted(tensors):
         arr = _c_order(tensors[name])
         digest.update(f"{name}|{arr.dtype.str}|{arr.shape}|".encode())
         digest.update(arr.tobytes())
+    for key in sorted(header or {}):
+        if key != "checksum":
+            digest.update(f"{key}\0{header[key]}\0".encode())
     return digest.hexdigest()
 
 
@@ -62,7 +71,8 @@ def write_tensors(
     except TypeError as exc:
         raise SAEError(f"metadata must be JSON-able (numbers, strings, lists, dicts): {exc}") from None
     meta.update(format=format_name, format_version=str(version), library_version=library_version(),
-                checksum=checksum(arrays))
+                checksum_version=str(CHECKSUM_VERSION))
+    meta["checksum"] = checksum(arrays, meta)
     with atomic_path(path) as tmp:
         save_file(arrays, str(tmp), metadata=meta)
 
@@ -104,12 +114,17 @@ def read_tensors(
             f"{path} has {what} format version {found_version}, newer than this mlxterp reads "
             f"({version}): upgrade mlxterp (it was written by mlxterp {meta.get('library_version')})"
         )
-    if meta.get("checksum") != checksum(tensors):
-        raise SAEError(f"{path} is corrupt: its tensors do not match the checksum in its header; "
-                       f"save the {what} again")
+    checksum_version = meta.get("checksum_version", "1")
+    if checksum_version not in ("1", str(CHECKSUM_VERSION)):
+        raise SAEError(f"{path} has checksum version {checksum_version!r}, which this mlxterp does not know: "
+                       f"upgrade mlxterp (it was written by mlxterp {meta.get('library_version')})")
+    if meta.get("checksum") != checksum(tensors, meta if checksum_version != "1" else None):
+        covered = "tensors" if checksum_version == "1" else "tensors or header (metadata)"
+        raise SAEError(f"{path} is corrupt or was edited: its {covered} do not match the checksum in its "
+                       f"header; save the {what} again")
     header: dict[str, Any] = {}
     for key, value in meta.items():
-        if key in ("format", "format_version", "library_version", "checksum"):
+        if key in ("format", "format_version", "library_version", "checksum", "checksum_version"):
             header[key] = value
             continue
         try:

@@ -172,7 +172,10 @@ def evaluate_reconstruction(
     if n == 0:
         raise SAEError("no activations to evaluate: the batches were empty")
     freq = np.array(fired, dtype=np.float64) / n
-    fvu = sq_error / m2 if m2 > 0 else float("nan")
+    if m2 == 0:
+        raise SAEError(f"the {n} evaluated activations are all the same vector, so FVU (error over "
+                       "variance) is undefined: evaluate on varied tokens")
+    fvu = sq_error / m2
     out: dict[str, Any] = {
         "mse": sq_error / (n * sae.d_model),
         "fvu": fvu,

@@ -224,7 +224,7 @@ class SAE(FeatureToolMethods, nn.Module):
         acts, idx = self._codes(self._centred(self._flat(x)))
         if idx is not None:
             acts = mx.put_along_axis(mx.zeros((acts.shape[0], self.d_hidden)), idx, acts, axis=-1)
-        return acts.reshape(*x.shape[:-1], self.d_hidden)
+        return self._check_finite(x, acts.reshape(*x.shape[:-1], self.d_hidden))
 
     def encode_sparse(self, x: mx.array) -> tuple[mx.array, mx.array]:
         """TopK only: raw activations (..., d_model) -> (acts, indices), each (..., k)."""
@@ -232,7 +232,7 @@ class SAE(FeatureToolMethods, nn.Module):
             raise SAEError(f"encode_sparse needs a 'topk' SAE, this one is {self.architecture!r}: use encode")
         self._check_width(x)
         acts, idx = self._codes(self._centred(self._flat(x)))
-        return acts.reshape(*x.shape[:-1], self.k), idx.reshape(*x.shape[:-1], self.k)
+        return self._check_finite(x, acts.reshape(*x.shape[:-1], self.k)), idx.reshape(*x.shape[:-1], self.k)
 
     def decode(self, codes: mx.array, token_norm: mx.array | None = None) -> mx.array:
         """Dense codes (..., d_hidden) -> reconstruction (..., d_model) on the raw activation scale.
@@ -380,6 +380,15 @@ class SAE(FeatureToolMethods, nn.Module):
 
     def _flat(self, x: mx.array) -> mx.array:
         return mx.array(x).reshape(-1, self.d_model).astype(mx.float32)
+
+    def _check_finite(self, x: mx.array, codes: mx.array) -> mx.array:
+        # Evaluated with the codes in one go: no host sync beyond the one callers make anyway.
+        finite = mx.all(mx.isfinite(mx.array(x)))
+        mx.eval(codes, finite)
+        if not finite.item():
+            raise SAEError("the activations passed to the SAE contain NaN or inf, so its codes would "
+                           "be NaN: check the activations (a float16 overflow? a broken hook?)")
+        return codes
 
     def _check_width(self, x: Any) -> None:
         if x.shape[-1] != self.d_model:

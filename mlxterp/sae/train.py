@@ -314,6 +314,10 @@ class SAETrainer:
         if not bool(mx.all(mx.isfinite(sample))):
             raise SAEError("the training activations contain NaN or inf: check the activations "
                            "(a float16 overflow? a broken hook?) and drop or fix those tokens")
+        if float(mx.max(mx.abs(sample - sample[:1]))) == 0:
+            raise SAEError(f"the training activations are constant (all {sample.shape[0]} tokens of the "
+                           "initialization sample are the same vector): there is nothing to learn and "
+                           "FVU is undefined; check the data and the hook point")
         self.sae.fit_normalization(sample)
         self.sae.init_b_dec(sample, self.config.b_dec_init)
         return first_stream

@@ -119,7 +119,7 @@ def rewrite(path, tensors=None, **header_changes):
         meta = dict(f.metadata())
     arrays = tensors if tensors is not None else load_file(str(path))
     meta.update(header_changes)
-    meta["checksum"] = sae_io.checksum(arrays)
+    meta["checksum"] = sae_io.checksum(arrays, meta)
     save_file(arrays, str(path), metadata=meta)
 
 
@@ -153,3 +153,55 @@ def test_unjsonable_metadata_is_refused_before_writing(tmp_path):
     with pytest.raises(SAEError, match="JSON"):
         sae.save(tmp_path / "sae.mlx")
     assert os.listdir(tmp_path) == []
+
+
+def edit_header(path, **changes):
+    """Change header entries in place, leaving the checksum as it was (a hand edit)."""
+    from safetensors import safe_open
+    from safetensors.numpy import load_file
+
+    with safe_open(str(path), "numpy") as f:
+        meta = dict(f.metadata())
+    arrays = load_file(str(path))
+    meta.update(changes)
+    save_file(arrays, str(path), metadata=meta)
+    return arrays, meta
+
+
+def test_an_edited_header_fails_the_checksum(tmp_path):
+    sae, _ = trained_like_sae()
+    path = tmp_path / "sae.mlx"
+    sae.save(path)
+    spec = json.loads(edit_header(path)[1]["sae"])
+    assert SAE.load(path).k == 4
+    edit_header(path, sae=json.dumps(dict(spec, k=2)))
+    with pytest.raises(SAEError, match=r"corrupt or was edited: its tensors or header \(metadata\) do not match"):
+        SAE.load(path)
+    sae.save(path)
+    metadata = json.loads(edit_header(path)[1]["metadata"])
+    edit_header(path, metadata=json.dumps(dict(metadata, layer=7)))
+    with pytest.raises(SAEError, match="checksum"):
+        SAE.load(path)
+    # Dropping checksum_version does not downgrade the file to the tensors-only check.
+    sae.save(path)
+    arrays, meta = edit_header(path, metadata=json.dumps(dict(metadata, layer=7)))
+    del meta["checksum_version"]
+    save_file(arrays, str(path), metadata=meta)
+    with pytest.raises(SAEError, match="checksum"):
+        SAE.load(path)
+
+
+def test_files_from_before_the_header_checksum_still_load(tmp_path):
+    sae, x = trained_like_sae()
+    path = tmp_path / "sae.mlx"
+    sae.save(path)
+    arrays, meta = edit_header(path)
+    del meta["checksum_version"]
+    meta["checksum"] = sae_io.checksum(arrays)  # version 1: the tensors only
+    save_file(arrays, str(path), metadata=meta)
+    loaded = SAE.load(path)
+    assert loaded.k == 4 and loaded.metadata["layer"] == 3
+    assert np.array_equal(np.array(loaded.encode(x)), np.array(sae.encode(x)))
+    edit_header(path, checksum_version="3")
+    with pytest.raises(SAEError, match="checksum version '3'.*upgrade mlxterp"):
+        SAE.load(path)

@@ -123,3 +123,9 @@ def test_train_sae_bad_input(model, tmp_path):
     with pytest.raises(DataError, match="no usable token"):
         model.train_sae(layer=1, dataset=[eos * 100] * 30, config=CONFIG, progress=False)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("max_tokens", [0, -5, 1.5, True])
+def test_train_sae_refuses_a_cap_of_no_tokens(model, max_tokens):
+    with pytest.raises(DataError, match=rf"max_tokens must be a positive number of tokens per epoch .*got {max_tokens!r}"):
+        model.train_sae(layer=1, dataset=TEXTS, config=CONFIG, max_tokens=max_tokens, progress=False)
