@@ -240,11 +240,12 @@ class InterpretableModel:
                                   max_tokens, progress)
 
     def load_sae(
-        self, path: str | os.PathLike, layer: int | None = None, component: str | None = None, strict: bool = True
+        self, path: str | os.PathLike, layer: int | None = None, component: str | None = None, strict: bool = True,
+        hookpoint: str | None = None,
     ) -> SAE:
-        """Load a saved SAE, refusing one trained on another model (or layer/component, if given);
-        `mlxterp.load_sae(path, model=model, ...)`."""
-        return load_sae(path, self, layer, component, strict)
+        """Load a saved SAE (mlxterp file, or a SAELens, sparsify or Gemma Scope folder), refusing
+        one trained on another model (or layer/component, if given); `mlxterp.load_sae(path, model=model, ...)`."""
+        return load_sae(path, self, layer, component, strict, hookpoint)
 
     def _enter(self, interventions: Interventions) -> None:
         if self._interventions is not None:
