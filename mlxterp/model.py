@@ -241,11 +241,12 @@ class InterpretableModel:
 
     def load_sae(
         self, path: str | os.PathLike, layer: int | None = None, component: str | None = None, strict: bool = True,
-        hookpoint: str | None = None,
+        hookpoint: str | None = None, sae_id: str | None = None, subfolder: str | None = None,
     ) -> SAE:
-        """Load a saved SAE (mlxterp file, or a SAELens, sparsify or Gemma Scope folder), refusing
-        one trained on another model (or layer/component, if given); `mlxterp.load_sae(path, model=model, ...)`."""
-        return load_sae(path, self, layer, component, strict, hookpoint)
+        """Load a saved SAE (mlxterp file, a SAELens, sparsify or Gemma Scope folder, or a hub release
+        with `sae_id` / repo with `subfolder`), refusing one trained on another model (or
+        layer/component, if given); `mlxterp.load_sae(path, model=model, ...)`."""
+        return load_sae(path, self, layer, component, strict, hookpoint, sae_id, subfolder)
 
     def _enter(self, interventions: Interventions) -> None:
         if self._interventions is not None:

@@ -261,3 +261,50 @@ def test_foreign_sae_on_a_model_takes_or_checks_its_hook_point(tiny, tmp_path):
     edit_cfg(big, metadata={**json.loads((big / "cfg.json").read_text())["metadata"], "hook_name": "blocks.9.hook_mlp_out"})
     with pytest.raises(SAEError, match="reads layer 9, but 'tiny-llama' has 3 layers"):
         tiny.load_sae(big)
+
+
+# -- the hub -------------------------------------------------------------------------------------
+def test_hub_release_offline_says_what_to_do(monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # never download in tests
+    with pytest.raises(SAEError, match=r"could not fetch google/gemma-scope-2b-pt-res/layer_12/width_16k/average_l0_82"
+                                       r" from the Hugging Face hub.*download the folder yourself"):
+        load_sae("gemma-scope-2b-pt-res-canonical", "layer_12/width_16k/canonical")
+    with pytest.raises(SAEError, match="has no SAE id 'layer_99/width_16k/canonical'.*layer_0/width_16k/canonical"):
+        load_sae("gemma-scope-2b-pt-res-canonical", sae_id="layer_99/width_16k/canonical")
+    with pytest.raises(SAEError, match="no SAE file at runs/missing.mlx"):
+        load_sae("runs/missing.mlx")
+
+
+def test_hub_release_downloads_only_its_folder(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    calls = []
+    snapshot = tmp_path / "models--google--gemma-scope-2b-pt-res" / "snapshots" / "abc"
+
+    def fake_snapshot_download(repo_id, allow_patterns=None):
+        calls.append((repo_id, allow_patterns))
+        shutil.copytree(FIXTURES / GEMMA, snapshot / "layer_3" / "width_16k" / "average_l0_59")
+        return str(snapshot)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    sae = load_sae("gemma-scope-2b-pt-res-canonical", "layer_3/width_16k/canonical")
+    assert calls == [("google/gemma-scope-2b-pt-res", ["layer_3/width_16k/average_l0_59/*"])]
+    assert sae.hook_point == HookPoint(3, "output", "") and sae.architecture == "jumprelu"
+    assert sae.metadata["source"]["model_name"] == "gemma-2-2b"
+    assert sae.metadata["source"]["sae_id"] == "layer_3/width_16k/canonical"
+
+
+def test_sublayer_saes_of_post_norm_models_are_refused(tmp_path):
+    gemma2 = InterpretableModel((tiny_model("gemma2", seed=1), byte_tokenizer()), name="tiny-gemma2")
+    exported_sae(d_model=64).save(tmp_path / "mlp", format="saelens")  # blocks.2.hook_mlp_out
+    with pytest.raises(SAEError, match="after the post-sublayer norm of 'tiny-gemma2'"):
+        gemma2.load_sae(tmp_path / "mlp")
+    assert gemma2.load_sae(tmp_path / "mlp", strict=False).hook_point == gemma2.hook_point(2, "mlp")
+    resid = exported_sae(d_model=64)
+    resid.hook_point = HookPoint(2, "output", "")
+    resid.save(tmp_path / "resid", format="saelens")
+    assert gemma2.load_sae(tmp_path / "resid").hook_point == gemma2.hook_point(2, "output")
+    llama = InterpretableModel((tiny_model("llama", seed=1), byte_tokenizer()))
+    assert llama.load_sae(tmp_path / "mlp").hook_point == llama.hook_point(2, "mlp")

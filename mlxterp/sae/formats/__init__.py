@@ -32,7 +32,7 @@ def foreign_folder(path: Path) -> Path | None:
     """The folder a foreign SAE at `path` lives in, or None when `path` is a single mlxterp file."""
     if path.is_dir():
         return path
-    return path.parent if path.name in FOREIGN_FILES else None
+    return path.parent if path.is_file() and path.name in FOREIGN_FILES else None
 
 
 def read_folder(folder: Path, hookpoint: str | None = None) -> Parts:
