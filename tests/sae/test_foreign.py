@@ -308,3 +308,30 @@ def test_sublayer_saes_of_post_norm_models_are_refused(tmp_path):
     assert gemma2.load_sae(tmp_path / "resid").hook_point == gemma2.hook_point(2, "output")
     llama = InterpretableModel((tiny_model("llama", seed=1), byte_tokenizer()))
     assert llama.load_sae(tmp_path / "mlp").hook_point == llama.hook_point(2, "mlp")
+
+
+def test_bfloat16_weights_and_pre_6_saelens_configs_load(tmp_path):
+    folder = copy_fixture(tmp_path, "saelens_topk")
+    weights = folder / "sae_weights.safetensors"
+    tensors = mx.load(str(weights))
+    mx.save_safetensors(str(weights), {k: v.astype(mx.bfloat16) for k, v in tensors.items()})
+    # SAELens before 6.0: flat keys, hook_point, activation_fn_str + activation_fn_kwargs, a bool normalization.
+    (folder / "cfg.json").write_text(json.dumps({
+        "d_in": 16, "d_sae": 64, "dtype": "bfloat16", "hook_point": "blocks.1.hook_mlp_out", "hook_point_layer": 1,
+        "model_name": "tiny-model", "context_size": 128, "activation_fn_str": "topk",
+        "activation_fn_kwargs": {"k": 6}, "normalize_activations": False, "apply_b_dec_to_input": True}))
+    sae = load_sae(folder)
+    assert (sae.architecture, sae.k, sae.W_enc.dtype) == ("topk", 6, mx.float32)
+    assert sae.hook_point == HookPoint(1, "mlp", "") and sae.metadata["source"]["model_name"] == "tiny-model"
+    rounded = {k: np.array(v.astype(mx.bfloat16).astype(mx.float32)) for k, v in tensors.items()}
+    np.testing.assert_array_equal(np.array(sae.W_enc), rounded["W_enc"].T)
+    expected = np.load(FIXTURES / "saelens_topk" / "expected.npz", allow_pickle=False)
+    assert rel_err(np.array(sae(mx.array(expected["x"]))), expected["recon"]) < 2e-2  # bfloat16 rounding
+
+
+def test_truncated_weights_are_refused(tmp_path):
+    folder = copy_fixture(tmp_path, "sparsify_single/layers.2")
+    data = (folder / "sae.safetensors").read_bytes()
+    (folder / "sae.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(SAEError, match="not a readable safetensors file"):
+        load_sae(folder)

@@ -27,13 +27,15 @@ def read_json(path: Path) -> dict[str, Any]:
 
 
 def read_safetensors(path: Path) -> dict[str, np.ndarray]:
-    from safetensors.numpy import load_file
+    """The file's tensors as float32 numpy arrays (MLX reads the bfloat16 that numpy cannot)."""
+    import mlx.core as mx
 
     try:
-        return load_file(str(path))
+        tensors = mx.load(str(path), format="safetensors")
     except Exception as exc:
-        raise SAEError(f"{path} is not a readable safetensors file ({exc}): it may be truncated or "
-                       "in bfloat16 (save it as float32)") from None
+        raise SAEError(f"{path} is not a readable safetensors file ({exc}): it may be truncated; "
+                       "download it again") from None
+    return {name: np.array(value.astype(mx.float32)) for name, value in tensors.items()}
 
 
 def require(path: Path, tensors: dict[str, np.ndarray], names: tuple[str, ...]) -> None:
