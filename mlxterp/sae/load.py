@@ -52,6 +52,8 @@ def load_sae(path: str | os.PathLike, model: Any = None, layer: int | None = Non
         if sae.hook_point is None and layer is not None and component is not None:
             sae.hook_point = HookPoint(int(layer), canonical_component(component), "")
     where = f"the SAE at {path}" + (f" ({hookpoint})" if hookpoint else "")
+    if model is None and (layer is not None or component is not None):
+        check_compatible(sae, None, layer, component, strict, where=where)  # the hook point alone
     if model is not None:
         check_compatible(sae, model, layer, component, strict, where=where)
         own = sae.hook_point

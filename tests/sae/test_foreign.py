@@ -63,6 +63,13 @@ def test_foreign_metadata_is_kept():
     assert load_sae(FIXTURES / "saelens_standard").normalization == "unit_norm"
 
 
+def test_a_layer_or_component_other_than_the_files_is_refused_without_a_model_too():
+    with pytest.raises(SAEError, match="trained on component 'mlp', not 'attn'"):
+        load_sae(FIXTURES / "saelens_topk", layer=1, component="attn")
+    assert load_sae(FIXTURES / "saelens_topk", layer=1, component="attn", strict=False).hook_point.component == "mlp"
+    assert load_sae(FIXTURES / GEMMA, layer=3, component="output").hook_point.layer == 3
+
+
 def test_a_weights_file_stands_for_its_folder():
     a = load_sae(FIXTURES / "saelens_jumprelu" / "sae_weights.safetensors")
     b = load_sae(FIXTURES / GEMMA / "params.npz")
@@ -294,6 +301,10 @@ def test_hub_release_downloads_only_its_folder(tmp_path, monkeypatch):
     assert sae.hook_point == HookPoint(3, "output", "") and sae.architecture == "jumprelu"
     assert sae.metadata["source"]["model_name"] == "gemma-2-2b"
     assert sae.metadata["source"]["sae_id"] == "layer_3/width_16k/canonical"
+    tiny = InterpretableModel((tiny_model("llama", seed=2), byte_tokenizer()))
+    shutil.rmtree(snapshot)
+    with pytest.raises(SAEError, match="16-dimensional activations but the model has d_model 64"):
+        tiny.load_sae("gemma-scope-2b-pt-res-canonical", "layer_3/width_16k/canonical")
 
 
 def test_sublayer_saes_of_post_norm_models_are_refused(tmp_path):
