@@ -1,5 +1,4 @@
-"""The sparse autoencoder: TopK (default), BatchTopK, ReLU+L1 or JumpReLU (inference only), with input
-normalization built in."""
+"""The sparse autoencoder: TopK (default), BatchTopK, ReLU+L1 or JumpReLU (inference), input normalization built in."""
 
 from __future__ import annotations
 
@@ -60,9 +59,8 @@ class SAE(FeatureToolMethods, nn.Module):
     Parameters: W_enc (d_hidden, d_model), b_enc (d_hidden,), W_dec (d_hidden, d_model) with
     unit-norm rows (with `tied_weights` the decoder is W_enc itself), b_dec (d_model,), and
     frozen state: `threshold` (BatchTopK's scalar inference threshold, JumpReLU's (d_hidden,)
-    per-latent one) and `norm_stats` (input
-    normalization). `encode` normalizes its input and `decode` undoes it, so callers always
-    work with raw activations.
+    per-latent one) and `norm_stats` (input normalization). `encode` normalizes its input and
+    `decode` undoes it, so callers always work with raw activations.
 
     >>> sae = SAE(d_model=576, d_hidden=9216, k=32)
     >>> codes = sae.encode(acts)        # (..., 9216), 32 nonzeros per token
@@ -98,7 +96,6 @@ class SAE(FeatureToolMethods, nn.Module):
         if not self.tied_weights:
             self["W_dec"] = mx.array(decoder)
         self.b_dec = mx.zeros((d_model,))
-        # BatchTopK learns one scalar threshold, JumpReLU has one per latent.
         self.threshold = mx.zeros((d_hidden,)) if architecture == "jumprelu" else mx.array(0.0)
         self.norm_stats = norm.identity_stats(self.normalization, d_model)
         self.freeze(keys=["threshold", "norm_stats"], recurse=False)
@@ -304,8 +301,7 @@ class SAE(FeatureToolMethods, nn.Module):
         min(n_dead / k_aux, 1). BatchTopK keeps the top n*k activations of the whole batch.
         """
         if self.architecture == "jumprelu":
-            raise SAEError("JumpReLU SAEs are for inference only: train a 'batchtopk' SAE and convert "
-                           "it with sae.to_jumprelu(), or train 'topk'/'relu'")
+            raise SAEError("JumpReLU SAEs are for inference only: train 'batchtopk' and use sae.to_jumprelu()")
         flat = self._flat(x)
         x_n, _ = norm.normalize(self.normalization, self.norm_stats, flat)
         centred = x_n - self.b_dec
@@ -351,11 +347,8 @@ class SAE(FeatureToolMethods, nn.Module):
     # -- persistence ---------------------------------------------------------------------
     def save(self, path: str | os.PathLike, format: str = "mlxterp") -> None:
         """Write this SAE (weights, normalization, metadata) to one safetensors file, atomically
-        (any suffix; ".mlx" and ".safetensors" are usual; docs/sae.md "File format").
-
-        format="saelens" or "sparsify" writes a folder those libraries load as it is
-        (docs/interop.md); input normalization is folded into the weights.
-        """
+        (any suffix; ".mlx" and ".safetensors" are usual; docs/sae.md "File format"); format="saelens"
+        or "sparsify": a folder those libraries load, normalization folded in (docs/interop.md)."""
         if format != "mlxterp":
             return write_foreign(self, path, format)
         self._metadata["library_version"] = library_version()

@@ -49,8 +49,8 @@ def fetch(name: str, sae_id: str | None, subfolder: str | None) -> tuple[Path, d
     except Exception as exc:
         raise SAEError(
             f"could not fetch {repo}{'/' + folder if folder else ''} from the Hugging Face hub "
-            f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]}): check the network connection (and that HF_HUB_OFFLINE "
-            "is unset), or download the folder yourself and pass its local path"
+            f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]}): check the network connection "
+            "(and that HF_HUB_OFFLINE is unset), or download the folder yourself and pass its local path"
         ) from None
     local = Path(root) / folder
     if not local.is_dir():

@@ -69,7 +69,8 @@ def read(folder: Path) -> Parts:
                        "none: the download is incomplete or the config names the wrong architecture")
     require(weights, tensors, names)
     source = f"{cfg_path} (d_in={d_in}, d_sae={d_sae})"
-    shapes = {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_in), "b_dec": (d_in,), "threshold": (d_sae,)}
+    shapes = {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_in), "b_dec": (d_in,),
+              "threshold": (d_sae,)}
     for name in names:
         check_shape(weights, name, tensors[name], shapes[name], source)
     scaling = tensors.get("scaling_factor")

@@ -30,7 +30,8 @@ def run_hookpoints(folder: Path) -> list[str]:
 def read_run(folder: Path, hookpoint: str | None) -> Parts:
     available = run_hookpoints(folder)
     if hookpoint is None:
-        raise SAEError(f"{folder} is a sparsify run with SAEs for {len(available)} hook points ({', '.join(available)}): "
+        raise SAEError(f"{folder} is a sparsify run with SAEs for {len(available)} hook points "
+                       f"({', '.join(available)}): "
                        f"choose one, e.g. load_sae(path, hookpoint={available[0]!r})")
     if hookpoint not in available:
         raise SAEError(f"{folder} has no SAE for hook point {hookpoint!r}: choose one of {', '.join(available)}")
