@@ -269,11 +269,16 @@ class InterpretableModel:
                                   max_tokens, progress)
 
     def load_sae(
-        self, path: str | os.PathLike, layer: int | None = None, component: str | None = None, strict: bool = True
+        self, path: str | os.PathLike, layer: int | None = None, component: str | None = None, strict: bool = True,
+        hookpoint: str | None = None, sae_id: str | None = None, subfolder: str | None = None,
     ) -> SAE:
-        """Load a saved SAE, refusing one trained on another model (or layer/component, if given);
-        `mlxterp.load_sae(path, model=model, ...)`."""
-        return load_sae(path, self, layer, component, strict)
+        """Load a saved SAE (mlxterp file, a SAELens, sparsify or Gemma Scope folder, or a hub release
+        with `sae_id` / repo with `subfolder`), refusing one trained on another model (or
+        layer/component, if given); `mlxterp.load_sae(path, model=model, ...)`. A string in
+        `layer`'s place is the SAE id: `model.load_sae("gemma-scope-2b-pt-res-canonical", "layer_12/width_16k/canonical")`."""
+        if isinstance(layer, str):
+            layer, sae_id = None, layer
+        return load_sae(path, self, layer, component, strict, hookpoint, sae_id, subfolder)
 
     def _enter(self, interventions: Interventions) -> None:
         if self._interventions is not None:

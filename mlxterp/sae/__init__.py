@@ -3,7 +3,8 @@
 from .checks import check_compatible, compatibility_problems
 from .config import SAEConfig
 from .metrics import TRAINING_METRICS, FeatureStats, evaluate_reconstruction
-from .model import SAE, ForwardOutput, load_sae
+from .load import load_sae
+from .model import SAE, ForwardOutput
 from .normalize import fit_normalizer
 from .ops import geometric_median
 from .train import SAETrainer, train_sae_on_activations

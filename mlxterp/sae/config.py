@@ -11,6 +11,8 @@ from ..activations.contexts import ContextSettings
 from ..errors import DataError, SAEError
 
 ARCHITECTURES = ("topk", "batchtopk", "relu")
+# JumpReLU (Rajamanoharan et al. 2024) is inference-only: pretrained SAEs and converted BatchTopK ones.
+INFERENCE_ARCHITECTURES = ARCHITECTURES + ("jumprelu",)
 NORMALIZATION_SCHEMES = ("none", "expected_norm", "standardize", "unit_norm")
 LR_SCHEDULES = ("cosine", "constant")
 B_DEC_INITS = ("geometric_median", "mean", "zeros")

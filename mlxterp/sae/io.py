@@ -2,7 +2,7 @@
 
 Layout (format "mlxterp.sae", version 1; docs/sae.md "File format"):
   tensors  W_enc (d_hidden, d_model), b_enc (d_hidden,), W_dec (d_hidden, d_model) unless tied,
-           b_dec (d_model,), threshold (), norm_stats.<name> (normalization statistics)
+           b_dec (d_model,), threshold (() or JumpReLU's (d_hidden,)), norm_stats.<name> (normalization statistics)
   header   format, format_version, sae (JSON: constructor arguments), metadata (JSON),
            library_version, checksum_version, checksum (sha256 over every tensor's name, dtype,
            shape and bytes and, from checksum_version 2, every other header entry; files without
@@ -102,7 +102,8 @@ def read_tensors(
     if found != format_name:
         raise SAEError(
             f"{path} is not an mlxterp {what} file (format {found!r}, expected {format_name!r}); "
-            + ("to use weights from another library, build an SAE and assign W_enc, b_enc, W_dec, b_dec"
+            + ("to load an SAE of SAELens, sparsify or Gemma Scope, pass its folder to load_sae "
+               "(docs/interop.md)"
                if what == "SAE" else f"pass a file written by mlxterp's {what} save")
         )
     try:

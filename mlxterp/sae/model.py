@@ -1,4 +1,4 @@
-"""The sparse autoencoder: TopK (default), BatchTopK or ReLU+L1, with input normalization built in."""
+"""The sparse autoencoder: TopK (default), BatchTopK, ReLU+L1 or JumpReLU (inference), input normalization built in."""
 
 from __future__ import annotations
 
@@ -14,9 +14,10 @@ from ..activations.norm_limit import within_limit
 from ..errors import SAEError
 from ..hookpoint import HookPoint
 from . import normalize as norm
-from .checks import check_compatible, compatibility_problems
-from .config import ARCHITECTURES, B_DEC_INITS, SAEConfig, resolve_normalization
+from .checks import compatibility_problems
+from .config import B_DEC_INITS, INFERENCE_ARCHITECTURES, SAEConfig, resolve_normalization
 from .entry_points import FeatureToolMethods
+from .formats import write_foreign
 from .io import SAE_FORMAT, SAE_FORMAT_VERSION, library_version, read_tensors, sae_spec, sae_tensors, write_tensors
 from .ops import batch_topk, geometric_median, unit_rows
 from .sparse_ops import sparse_decode, topk_encode
@@ -57,9 +58,9 @@ class SAE(FeatureToolMethods, nn.Module):
 
     Parameters: W_enc (d_hidden, d_model), b_enc (d_hidden,), W_dec (d_hidden, d_model) with
     unit-norm rows (with `tied_weights` the decoder is W_enc itself), b_dec (d_model,), and
-    frozen state: `threshold` (BatchTopK's inference threshold) and `norm_stats` (input
-    normalization). `encode` normalizes its input and `decode` undoes it, so callers always
-    work with raw activations.
+    frozen state: `threshold` (BatchTopK's scalar inference threshold, JumpReLU's (d_hidden,)
+    per-latent one) and `norm_stats` (input normalization). `encode` normalizes its input and
+    `decode` undoes it, so callers always work with raw activations.
 
     >>> sae = SAE(d_model=576, d_hidden=9216, k=32)
     >>> codes = sae.encode(acts)        # (..., 9216), 32 nonzeros per token
@@ -82,8 +83,8 @@ class SAE(FeatureToolMethods, nn.Module):
                 raise SAEError(f"{name} must be a positive integer, got {value!r}")
         if k > d_hidden:
             raise SAEError(f"k={k} exceeds d_hidden={d_hidden}: lower k or raise expansion_factor")
-        if architecture not in ARCHITECTURES:
-            raise SAEError(f"architecture={architecture!r} is not supported: use one of {ARCHITECTURES}")
+        if architecture not in INFERENCE_ARCHITECTURES:
+            raise SAEError(f"architecture={architecture!r} is not supported: use one of {INFERENCE_ARCHITECTURES}")
         self.k = k
         self.architecture = architecture
         self.tied_weights = bool(tied_weights)
@@ -95,7 +96,7 @@ class SAE(FeatureToolMethods, nn.Module):
         if not self.tied_weights:
             self["W_dec"] = mx.array(decoder)
         self.b_dec = mx.zeros((d_model,))
-        self.threshold = mx.array(0.0)
+        self.threshold = mx.zeros((d_hidden,)) if architecture == "jumprelu" else mx.array(0.0)
         self.norm_stats = norm.identity_stats(self.normalization, d_model)
         self.freeze(keys=["threshold", "norm_stats"], recurse=False)
         object.__setattr__(self, "_metadata", {})
@@ -218,7 +219,8 @@ class SAE(FeatureToolMethods, nn.Module):
         """Raw activations (..., d_model) -> dense codes (..., d_hidden), mostly zeros.
 
         TopK keeps exactly k per token; BatchTopK keeps latents above its learned `threshold`
-        (so a token's code never depends on the rest of the batch); ReLU keeps positives.
+        (so a token's code never depends on the rest of the batch); JumpReLU keeps latent i where
+        its pre-activation exceeds threshold[i]; ReLU keeps positives.
         """
         self._check_width(x)
         acts, idx = self._codes(self._centred(self._flat(x)))
@@ -275,9 +277,20 @@ class SAE(FeatureToolMethods, nn.Module):
         if self.architecture == "topk":
             return topk_encode(centred, self.W_enc, self.b_enc, self.k)
         acts = self._pre_acts(centred)
-        if self.architecture == "batchtopk":
+        if self.architecture in ("batchtopk", "jumprelu"):
             acts = mx.where(acts > self.threshold, acts, 0.0)
         return acts, None
+
+    def to_jumprelu(self) -> "SAE":
+        """A JumpReLU copy of this BatchTopK SAE: its learned scalar threshold becomes every
+        latent's threshold, so the codes are identical (what SAELens saves BatchTopK SAEs as)."""
+        if self.architecture != "batchtopk":
+            raise SAEError(f"only a 'batchtopk' SAE converts to JumpReLU, this one is {self.architecture!r}")
+        spec = {**sae_spec(self), "architecture": "jumprelu"}
+        tensors = {**sae_tensors(self), "threshold": mx.full((self.d_hidden,), self.threshold)}
+        sae = SAE.from_parts(spec, tensors, "this SAE")
+        sae.metadata = {**self._metadata, "converted_from": "batchtopk"}
+        return sae
 
     # -- training ------------------------------------------------------------------------
     def forward(self, x: mx.array, dead_mask: mx.array | None = None, k_aux: int | None = None) -> ForwardOutput:
@@ -287,6 +300,8 @@ class SAE(FeatureToolMethods, nn.Module):
         pre-activations must reconstruct the residual (AuxK, Gao et al. 2024), scaled by
         min(n_dead / k_aux, 1). BatchTopK keeps the top n*k activations of the whole batch.
         """
+        if self.architecture == "jumprelu":
+            raise SAEError("JumpReLU SAEs are for inference only: train 'batchtopk' and use sae.to_jumprelu()")
         flat = self._flat(x)
         x_n, _ = norm.normalize(self.normalization, self.norm_stats, flat)
         centred = x_n - self.b_dec
@@ -330,9 +345,12 @@ class SAE(FeatureToolMethods, nn.Module):
         return mx.where(masked >= kth, masked, 0.0) @ self.W_dec
 
     # -- persistence ---------------------------------------------------------------------
-    def save(self, path: str | os.PathLike) -> None:
+    def save(self, path: str | os.PathLike, format: str = "mlxterp") -> None:
         """Write this SAE (weights, normalization, metadata) to one safetensors file, atomically
-        (any suffix; ".mlx" and ".safetensors" are usual; docs/sae.md "File format")."""
+        (any suffix; ".mlx" and ".safetensors" are usual; docs/sae.md "File format"); format="saelens"
+        or "sparsify": a folder those libraries load, normalization folded in (docs/interop.md)."""
+        if format != "mlxterp":
+            return write_foreign(self, path, format)
         self._metadata["library_version"] = library_version()
         self._sync_metadata()
         header = {"sae": sae_spec(self), "metadata": self._metadata}
@@ -397,17 +415,3 @@ class SAE(FeatureToolMethods, nn.Module):
                 "use the SAE trained on this layer/component and model"
             )
 
-
-def load_sae(path: str | os.PathLike, model: Any = None, layer: int | None = None,
-             component: str | None = None, strict: bool = True) -> SAE:
-    """Load the SAE saved at `path`; with `model`, check it fits and attach it to the model.
-
-    A different activation width is always an error; with `strict`, so is another model, or a
-    `layer`/`component` other than the SAE's (pass strict=False to load it anyway). The
-    attached model is what feature functions use when called without `model=`.
-    """
-    sae = SAE.load(path)
-    if model is not None:
-        check_compatible(sae, model, layer, component, strict, where=f"the SAE at {path}")
-        sae.attached_model = model
-    return sae
