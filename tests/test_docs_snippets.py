@@ -37,6 +37,10 @@ SETUP = {
         3: "held_out_texts = TEXTS[:6]\nsae = model.load_sae('my_sae.mlx')  # block 0's; block 2 trained on arrays",
     },
     "docs/features.md": {1: "texts = TEXTS[:8]", 9: "text = 'The weather today is'"},
+    "docs/interop.md": {
+        1: "from mlxterp import InterpretableModel, SAEConfig\nmodel = InterpretableModel.default()\n"
+           f"sae = model.train_sae(layer=2, dataset=TEXTS, config={SMALL_CONFIG}, progress=False)",
+    },
     "docs/dashboard.md": {
         0: "from mlxterp import InterpretableModel, SAEConfig\nmodel = InterpretableModel.default()\n"
            "texts = TEXTS[:8]\n"
@@ -48,6 +52,10 @@ SETUP = {
     },
 }
 SKIPPED = {
+    ("docs/interop.md", 0): "downloads Gemma-2-2B and a Gemma Scope SAE from the Hugging Face hub, which "
+                            "tests cannot reach (tests/sae/test_foreign.py reads a Gemma Scope fixture)",
+    ("docs/interop.md", 2): "runs sae-lens and sparsify under torch; scripts/make_foreign_sae_fixtures.py "
+                            "does this round trip in its own environment",
     ("docs/tracing.md", 4): "logit_difference needs ' Mary' and ' John' to be single tokens; the byte-level "
                             "test tokenizer splits them (tests/test_patching.py runs activation_patching)",
 }
