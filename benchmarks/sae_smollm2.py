@@ -81,6 +81,7 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--mlxterp", action="append", default=[], metavar="NAME=JSON",
                         help="also train an mlxterp SAE with these SAEConfig overrides (repeatable)")
+    parser.add_argument("--cache-dir", default=None, help="activation cache (default: <out>/activation_cache)")
     parser.add_argument("--heldout-tokens", type=int, default=None,
                         help="cap the held-out tokens (default: every token of the held-out articles)")
     parser.add_argument("--no-default", action="store_true", help="skip the mlxterp SAE with the defaults")
@@ -110,7 +111,8 @@ def main() -> None:
 
     # 1. Activations, cached on disk (the model runs once over the training text).
     start = time.perf_counter()
-    store = ActivationStore(model, train_texts, settings, cache_dir=out / "activation_cache")
+    cache_dir = Path(args.cache_dir) if args.cache_dir else out / "activation_cache"
+    store = ActivationStore(model, train_texts, settings, cache_dir=cache_dir)
     every = np.concatenate(list(store.chunks()))
     # As train_sae does (there from a sample): tokens above max_norm_ratio x the median norm, the
     # attention sinks, are left out.
@@ -126,7 +128,7 @@ def main() -> None:
     # so that every SAE is scored on the same array.
     eval_settings = StoreSettings(layer=args.layer, component="output", context_length=config.context_length,
                                   drop_first_tokens=config.drop_first_tokens, seed=1234)
-    held_store = ActivationStore(model, val_texts, eval_settings, cache_dir=out / "activation_cache",
+    held_store = ActivationStore(model, val_texts, eval_settings, cache_dir=cache_dir,
                                  name="eval", max_token_norm=limit, max_tokens=args.heldout_tokens)
     held = np.concatenate(list(held_store.chunks()))
     d = model.d_model
