@@ -55,7 +55,7 @@ class SAEConfig:
     resample_dead_every: int | None = None
     # Optimization
     learning_rate: float | None = None
-    lr_schedule: str = "cosine"
+    lr_schedule: str = "constant"
     warmup_steps: int = 100
     min_lr_ratio: float = 0.1
     gradient_clip: float | None = 1.0

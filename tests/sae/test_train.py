@@ -80,7 +80,7 @@ def test_tied_weights_train_with_unit_rows():
 
 
 def test_lr_schedule_warmup_cosine_floor():
-    cfg = config(warmup_steps=10, min_lr_ratio=0.1)
+    cfg = config(lr_schedule="cosine", warmup_steps=10, min_lr_ratio=0.1)
     lr = lambda s, c=cfg: float(lr_at(mx.array(s), 1.0, c, 110))
     assert lr(0) == pytest.approx(0.1) and lr(9) == pytest.approx(1.0)
     assert lr(60) == pytest.approx(0.55, abs=1e-4)
@@ -107,7 +107,8 @@ def test_stream_forms_are_rebatched():
     with pytest.raises(SAEError, match="callable returning a fresh iterable"):
         SAETrainer(SAE.from_config(D, cfg), cfg).fit(generator, progress=False)
     with pytest.raises(SAEError, match="tokens_per_epoch"):
-        SAETrainer(SAE.from_config(D, config()), config()).fit(lambda: iter(chunks), progress=False)
+        cosine = config(lr_schedule="cosine")
+        SAETrainer(SAE.from_config(D, cosine), cosine).fit(lambda: iter(chunks), progress=False)
     with pytest.raises(SAEError, match="fewer than batch_size"):
         SAETrainer(SAE.from_config(D, cfg), cfg).fit(data[:100], progress=False)
     with pytest.raises(SAEError, match="d_model=16"):
