@@ -23,10 +23,12 @@ TRAINING_CACHE_BYTES = 4 << 30
 
 
 def lr_at(step: mx.array, peak: float, config: SAEConfig, total_steps: int) -> mx.array:
-    """Learning rate of 0-based `step`: linear warmup to `peak`, then cosine decay to the floor.
+    """Learning rate of 0-based `step`: linear warmup to `peak`, then `peak` to the end
+    (`lr_schedule="constant"`, the default) or cosine decay to `peak * min_lr_ratio`, reached at
+    `total_steps` and held after (`"cosine"`).
 
-    The floor is `peak * min_lr_ratio`, reached at `total_steps` and held after. Warmup lasts
-    `warmup_steps` but at most a fifth of the run, so that a short run still reaches the peak.
+    Warmup lasts `warmup_steps` but at most a fifth of the run, so that a short run still reaches
+    the peak.
     """
     step = step.astype(mx.float32)
     warmup = min(config.warmup_steps, max(total_steps // 5, 1)) if total_steps else config.warmup_steps
