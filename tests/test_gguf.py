@@ -37,12 +37,12 @@ VARIED_TEXTS = [
 ]
 
 
-def tiny_args(tie: bool) -> llama.ModelArgs:
+def tiny_args(tie: bool, hidden_size: int = 32, intermediate_size: int = 48) -> llama.ModelArgs:
     return llama.ModelArgs(
         model_type="llama",
-        hidden_size=32,
+        hidden_size=hidden_size,
         num_hidden_layers=2,
-        intermediate_size=48,
+        intermediate_size=intermediate_size,
         num_attention_heads=4,
         num_key_value_heads=2,
         rms_norm_eps=1e-5,

@@ -19,6 +19,7 @@ from mlx_lm.models.base import create_causal_mask
 from mlxterp.errors import ModelLoadError
 from mlxterp.loading import default_model_path, load_gguf
 from test_gguf import BYTES, CHAT_TEMPLATE, GGUF_NAMES, MERGES, SPECIAL, llama_cpp_permute
+from test_gguf import tiny_args as gguf_tiny_args
 
 FLOAT32_ROUNDOFF = 2 * float(np.finfo(np.float32).eps)
 ACTIVATION_RTOL = 1e-5
@@ -38,18 +39,7 @@ TEXT = (
 
 def tiny_args() -> llama.ModelArgs:
     """A tiny llama whose rows are whole 256-value blocks, so that K-quants fit too."""
-    return llama.ModelArgs(
-        model_type="llama",
-        hidden_size=256,
-        num_hidden_layers=2,
-        intermediate_size=512,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        rms_norm_eps=1e-5,
-        vocab_size=len(SPECIAL) + len(BYTES) + len(MERGES),
-        rope_theta=10000.0,
-        tie_word_embeddings=False,
-    )
+    return gguf_tiny_args(tie=False, hidden_size=256, intermediate_size=512)
 
 
 def tiny_float_tensors(args: llama.ModelArgs, rng: np.random.Generator) -> dict[str, np.ndarray]:
