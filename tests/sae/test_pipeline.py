@@ -129,3 +129,37 @@ def test_train_sae_bad_input(model, tmp_path):
 def test_train_sae_refuses_a_cap_of_no_tokens(model, max_tokens):
     with pytest.raises(DataError, match=rf"max_tokens must be a positive number of tokens per epoch .*got {max_tokens!r}"):
         model.train_sae(layer=1, dataset=TEXTS, config=CONFIG, max_tokens=max_tokens, progress=False)
+
+
+def test_a_resume_on_other_activations_is_refused(model, tmp_path, monkeypatch):
+    """A run killed after a checkpoint, restarted with the same save_path and config but another
+    hook point, model or dataset, refuses the checkpoint instead of mixing it in; the same run
+    resumes and finishes."""
+    from mlxterp.sae import train as train_module
+
+    config = dataclasses.replace(CONFIG, checkpoint_every=2, validation_split=0.0)
+    path = tmp_path / "p.mlx"
+    save = train_module.save_checkpoint
+
+    def save_then_crash(trainer, where):
+        save(trainer, where)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "save_checkpoint", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        model.train_sae(layer=1, dataset=TEXTS, config=config, save_path=str(path), progress=False)
+    monkeypatch.setattr(train_module, "save_checkpoint", save)
+    checkpoint = path.parent / "p.mlx.checkpoint"
+    assert checkpoint.exists()
+
+    with pytest.raises(SAEError, match=r"made on other activations: .*layer 1 \(this run: 2\).*resume=False"):
+        model.train_sae(layer=2, dataset=TEXTS, config=config, save_path=str(path), progress=False)
+    other = InterpretableModel((tiny_model("llama", seed=9), byte_tokenizer()), name="tiny-llama")
+    with pytest.raises(SAEError, match="made on other activations: model_fingerprint"):
+        other.train_sae(layer=1, dataset=TEXTS, config=config, save_path=str(path), progress=False)
+    with pytest.raises(SAEError, match="made on other activations: dataset_fingerprint"):
+        model.train_sae(layer=1, dataset=TEXTS[::-1], config=config, save_path=str(path), progress=False)
+    assert checkpoint.exists() and not path.exists()  # refused runs leave the good checkpoint alone
+
+    sae = model.train_sae(layer=1, dataset=TEXTS, config=config, save_path=str(path), progress=False)
+    assert sae.hook_point.layer == 1 and path.exists() and not checkpoint.exists()
