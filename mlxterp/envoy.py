@@ -13,6 +13,7 @@ import numpy as np
 
 from .anatomy import get_module, unknown_path_message
 from .errors import TraceError
+from .gradients import GradPort
 from .tracing import Edit, EditFn, Interventions, Positions, Saved
 
 if TYPE_CHECKING:
@@ -37,6 +38,11 @@ class Port:
     def save(self) -> Saved:
         """Keep this value; the returned handle holds it after the block exits."""
         return self._active().save(self._path, self._kind)
+
+    @property
+    def grad(self) -> GradPort:
+        """The gradient of the trace's metric here: `model.layers[8].output.grad.save()`."""
+        return GradPort(self._model, self._path, self._kind)
 
     def edit(self, fn: EditFn, positions: Positions = None, label: str | None = None) -> None:
         """Replace the value `a` by `fn(a)` (at `positions`); `fn` must return an array of a's

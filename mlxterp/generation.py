@@ -63,6 +63,8 @@ class Generation(InterventionBlock):
         self.model.check_context(len(self._prompt_ids) + self.max_tokens, "generation (prompt + max_tokens)")
         if self.interventions.wants_logits:
             raise TraceError("generation has no single logits tensor to save; save a layer instead")
+        if self.interventions.grads:
+            raise TraceError("gradients are taken in `with model.trace(...)`, not in generation: trace the prompt instead")
         key = mx.random.key(self.seed if self.seed is not None else 0)
         eos = set(getattr(self.model.tokenizer, "eos_token_ids", None) or [])
         cache = make_prompt_cache(self.model.model)

@@ -81,6 +81,7 @@ class Edit:
     fn: EditFn
     positions: Positions = None
     label: str = "edit"
+    takes_index: bool = False  # fn(array, index) edits the whole array at `index` itself
 
     def __post_init__(self):
         # One concrete sequence, read on every forward call (a generator would be used up).
@@ -91,10 +92,12 @@ class Edit:
 
     def apply(self, array: mx.array, offset: int, where: str = "") -> mx.array:
         if self.positions is None:
-            return self._checked(self.fn(array), array, where)
+            return self._checked(self.fn(array, None) if self.takes_index else self.fn(array), array, where)
         index = local_positions(self.positions, offset, array.shape[1])
         if index is None:
             return array
+        if self.takes_index:
+            return self._checked(self.fn(array, index), array, where)
         part = array[:, index]
         edited = mx.array(array)
         edited[:, index] = self._checked(self.fn(part), part, where)
@@ -204,6 +207,9 @@ class Interventions:
     saves: dict[tuple[str, str], Saved] = field(default_factory=dict)
     edits: dict[tuple[str, str], list[Edit]] = field(default_factory=dict)
     wants_logits: bool = False
+    grads: dict[tuple[str, str], Saved] = field(default_factory=dict)  # see gradients.py
+    metric: tuple[Callable[[], mx.array], Saved] | None = None
+    runner: "HookedRun | None" = field(default=None, repr=False)  # set during the forward
 
     def save(self, path: str, kind: str) -> Saved:
         if path == "":
@@ -218,8 +224,18 @@ class Interventions:
             )
         self.edits.setdefault((path, kind), []).append(edit)
 
+    def save_grad(self, path: str, kind: str) -> Saved:
+        if path == "":
+            self.wants_logits = True
+        return self.grads.setdefault((path, kind), Saved(path, f"{kind} gradient"))
+
+    def inner(self, path: str, kind: str, array: mx.array) -> mx.array:
+        """Save, edit or take the gradient of a value computed inside an edit (an SAE's codes)."""
+        runner = self.runner
+        return runner.process(path, kind, array) if runner is not None and (path, kind) in runner.touched else array
+
     def paths(self) -> set[str]:
-        return {p for p, _ in self.saves} | {p for p, _ in self.edits}
+        return {p for p, _ in self.saves} | {p for p, _ in self.edits} | {p for p, _ in self.grads}
 
 
 class Hook:
@@ -254,7 +270,9 @@ class HookedRun:
         self.stop_path = stop_path
         self.horizon = horizon  # tokens over the whole run (generation); None: the first call's
         self.offset = 0
-        self.touched = set(interventions.saves) | set(interventions.edits)
+        self.touched = set(interventions.saves) | set(interventions.edits) | set(interventions.grads)
+        self.deltas: dict | None = None  # gradients.py: zeros added at the gradient points
+        self.shapes: dict = {}
 
     def process(self, path: str, kind: str, array: mx.array) -> mx.array:
         key = (path, kind)
@@ -268,6 +286,11 @@ class HookedRun:
             if self.offset == 0 and array.ndim >= 2:
                 edit.check_positions(array.shape[1], self.horizon or array.shape[1], where)
             array = edit.apply(array, self.offset, where)
+        if key in self.interventions.grads:
+            if self.deltas is None:
+                self.shapes[key] = (array.shape, array.dtype)
+            else:
+                array = array + self.deltas[key]
         if key in self.interventions.saves:
             self.interventions.saves[key]._record(array)
         return array
@@ -277,6 +300,7 @@ class HookedRun:
         """Swap each touched module (and the stop module) for a Hook; always restore them."""
         paths = {p for p, _ in self.touched if p} | ({self.stop_path} if self.stop_path else set())
         swapped = []
+        self.interventions.runner = self
         try:
             # Deepest first, so a parent is swapped only after its hooked children.
             for path in sorted(paths, key=lambda p: -p.count(".")):
@@ -291,6 +315,7 @@ class HookedRun:
                 swapped.append((parent, name, original))
             yield
         finally:
+            self.interventions.runner = None
             for parent, name, original in reversed(swapped):
                 if isinstance(parent, list):
                     parent[int(name)] = original
@@ -353,13 +378,12 @@ class Trace(InterventionBlock):
                 raise TraceError(f"{path!r} is a list of modules: index it, e.g. {path}.0")
         stop = None if interventions.wants_logits else self.model.last_needed_path(interventions.paths())
         runner = HookedRun(interventions, stop)
-        with runner.installed(self.model.model):
-            try:
-                logits = self.model.model(self.tokens)
-            except StopForward:
-                logits = None
-        if interventions.wants_logits:
-            interventions.saves[("", "output")]._record(logits)
+        if interventions.grads or interventions.metric:
+            from .gradients import run_with_gradients
+
+            run_with_gradients(lambda: self._forward(runner), runner, self.mask)
+        else:
+            self._forward(runner)
         values = [s.value for s in interventions.saves.values() if s._chunks]
         mx.eval(values)
         for (path, kind), saved in interventions.saves.items():
@@ -370,8 +394,29 @@ class Trace(InterventionBlock):
                 self.activations.logits_saved = True
             elif kind == "output":
                 self.activations[path] = saved.value
-            else:
+            elif kind == "input":
                 self.inputs[path] = saved.value
+
+    def _forward(self, runner: HookedRun) -> mx.array | None:
+        with runner.installed(self.model.model):
+            try:
+                logits = self.model.model(self.tokens)
+            except StopForward:
+                logits = None
+        if self.interventions.wants_logits:
+            logits = runner.process("", "output", logits)
+        return logits
+
+    def metric(self, fn: Callable[[], mx.array]) -> Saved:
+        """Declare the scalar metric whose gradients `.grad.save()` asks for: a function of no
+        arguments reading saved values (`logits = model.output.save()`, then e.g.
+        `trace.metric(lambda: logits[0, -1, a] - logits[0, -1, b])`). Returns its handle."""
+        from .gradients import check_metric
+
+        check_metric(self, fn)
+        handle = Saved("", "metric")
+        self.interventions.metric = (fn, handle)
+        return handle
 
     @property
     def output(self) -> mx.array | None:

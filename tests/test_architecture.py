@@ -15,7 +15,7 @@ STAGES = [
     {"errors", "io_utils", "platform", "batching"},
     {"hookpoint", "loading"},
     {"anatomy"},
-    {"tracing", "envoy", "generation", "patching"},
+    {"tracing", "envoy", "generation", "patching", "gradients", "attribution"},
     {"data", "activations"},
     {"sae"},
     {"features", "pipeline"},
