@@ -80,6 +80,26 @@ class Port:
             raise TraceError(f"clamp of {self._where()} has min={min!r} above max={max!r}: swap them")
         self.edit(lambda a: mx.clip(a, min, max), positions, f"clamp({min!r}, {max!r})")
 
+    def copy(self, from_row: int, to_rows: int | Sequence[int], positions: Positions = None) -> None:
+        """Copy this value from batch row `from_row` into rows `to_rows` (at `positions`), within
+        the one forward: with clean and corrupted prompts in one trace, this is activation
+        patching, `model.layers[5].output.copy(from_row=0, to_rows=1, positions=[3])`."""
+        targets = [to_rows] if isinstance(to_rows, int) else list(to_rows)
+        rows = [from_row, *targets]
+        if not targets or any(isinstance(r, bool) or not isinstance(r, int) for r in rows):
+            raise TraceError(f"copy of {self._where()} needs int rows: from_row=int, to_rows=int or a list of ints")
+
+        def copy_rows(a: mx.array) -> mx.array:
+            if not all(-a.shape[0] <= r < a.shape[0] for r in rows):
+                raise TraceError(
+                    f"copy of {self._where()} from row {from_row} to {targets}: the batch has "
+                    f"{a.shape[0]} rows (0..{a.shape[0] - 1}); pass rows inside it")
+            out = mx.array(a)
+            out[mx.array(targets)] = mx.broadcast_to(a[from_row], (len(targets), *a.shape[1:]))
+            return out
+
+        self.edit(copy_rows, positions, f"copy(from_row={from_row}, to_rows={to_rows!r})")
+
     def __setitem__(self, index, value) -> None:
         """`port[:, 3] = 0`: assign into the value at `index` (numpy-style, all axes)."""
 

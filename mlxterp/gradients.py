@@ -39,8 +39,10 @@ class GradPort:
         return f"GradPort({self._path or 'model'!r}, {self._kind})"
 
 
-def check_metric(trace: "Trace", fn) -> None:
-    """Refuse a metric declared outside its block, twice, or that is not a function."""
+def declare_metric(trace: "Trace", fn: Callable[[], mx.array], handle: "Saved") -> "Saved":
+    """Set the trace's metric: a function of no arguments returning a scalar array, reading saved
+    values (`logits = model.output.save()`, then
+    `trace.metric(lambda: logits[0, -1, a] - logits[0, -1, b])`). `handle` holds its value."""
     if trace.model._interventions is not trace.interventions:
         raise TraceError(
             "trace.metric(...) declares the metric of an open trace: call it inside the "
@@ -54,6 +56,17 @@ def check_metric(trace: "Trace", fn) -> None:
         )
     if trace.interventions.metric is not None:
         raise TraceError("this trace already has a metric: declare one metric per trace (sum several if needed)")
+    trace.interventions.metric = (fn, handle)
+    return handle
+
+
+def add_zero(runner: "HookedRun", key: tuple[str, str], array: mx.array) -> mx.array:
+    """At a gradient point: record the value's shape (first pass), or add the zero whose
+    gradient is wanted (the pass under value_and_grad)."""
+    if runner.deltas is None:
+        runner.shapes[key] = (array.shape, array.dtype)
+        return array
+    return array + runner.deltas[key]
 
 
 def run_with_gradients(forward: Callable[[], mx.array | None], runner: "HookedRun", mask: mx.array) -> None:

@@ -16,6 +16,7 @@ import mlx.core as mx
 
 from .anatomy import get_module, unknown_path_message
 from .errors import NotSavedError, TraceError
+from .gradients import add_zero, declare_metric, run_with_gradients
 
 if TYPE_CHECKING:
     from .model import InterpretableModel
@@ -91,13 +92,11 @@ class Edit:
             self.positions = tuple(self.positions) if isinstance(self.positions, Iterable) else self.positions
 
     def apply(self, array: mx.array, offset: int, where: str = "") -> mx.array:
-        if self.positions is None:
-            return self._checked(self.fn(array, None) if self.takes_index else self.fn(array), array, where)
-        index = local_positions(self.positions, offset, array.shape[1])
-        if index is None:
+        index = None if self.positions is None else local_positions(self.positions, offset, array.shape[1])
+        if self.positions is not None and index is None:
             return array
-        if self.takes_index:
-            return self._checked(self.fn(array, index), array, where)
+        if self.positions is None or self.takes_index:
+            return self._checked(self.fn(array, index) if self.takes_index else self.fn(array), array, where)
         part = array[:, index]
         edited = mx.array(array)
         edited[:, index] = self._checked(self.fn(part), part, where)
@@ -287,10 +286,7 @@ class HookedRun:
                 edit.check_positions(array.shape[1], self.horizon or array.shape[1], where)
             array = edit.apply(array, self.offset, where)
         if key in self.interventions.grads:
-            if self.deltas is None:
-                self.shapes[key] = (array.shape, array.dtype)
-            else:
-                array = array + self.deltas[key]
+            array = add_zero(self, key, array)
         if key in self.interventions.saves:
             self.interventions.saves[key]._record(array)
         return array
@@ -379,8 +375,6 @@ class Trace(InterventionBlock):
         stop = None if interventions.wants_logits else self.model.last_needed_path(interventions.paths())
         runner = HookedRun(interventions, stop)
         if interventions.grads or interventions.metric:
-            from .gradients import run_with_gradients
-
             run_with_gradients(lambda: self._forward(runner), runner, self.mask)
         else:
             self._forward(runner)
@@ -408,15 +402,8 @@ class Trace(InterventionBlock):
         return logits
 
     def metric(self, fn: Callable[[], mx.array]) -> Saved:
-        """Declare the scalar metric whose gradients `.grad.save()` asks for: a function of no
-        arguments reading saved values (`logits = model.output.save()`, then e.g.
-        `trace.metric(lambda: logits[0, -1, a] - logits[0, -1, b])`). Returns its handle."""
-        from .gradients import check_metric
-
-        check_metric(self, fn)
-        handle = Saved("", "metric")
-        self.interventions.metric = (fn, handle)
-        return handle
+        """Declare the scalar metric `.grad.save()` differentiates (see gradients.py)."""
+        return declare_metric(self, fn, Saved("", "metric"))
 
     @property
     def output(self) -> mx.array | None:

@@ -12,6 +12,7 @@ SAE's input normalisation is accounted for; a strength of a few times the featur
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Sequence
 
@@ -20,7 +21,7 @@ import numpy as np
 
 from ..errors import SAEError, TraceError
 from ..envoy import Port
-from ..tracing import Positions
+from ..tracing import Edit, Positions
 from .decoder import feature_directions
 from ..sae.checks import check_features, resolve_model, sae_hook_point
 
@@ -80,22 +81,33 @@ def clamp(features: int | Sequence[int], min: float | None = None, max: float | 
     return FeatureEdit(_as_tuple(features), "clamp", low=low, high=high)
 
 
-def sae_edit_fn(sae: "SAE", edits: Sequence[FeatureEdit] = (), error_term: bool = True) -> Callable:
+def sae_edit_fn(sae: "SAE", edits: Sequence[FeatureEdit] = (), error_term: bool = True,
+                codes_point: Callable[[mx.array], mx.array] | None = None) -> Callable:
     """x (..., d_model) -> the SAE's reconstruction from edited codes (+ x - sae(x) if error_term).
 
     With `error_term` the SAE is a transparent window: the output is x plus what the edits change
     in the reconstruction, so with no edits it is exactly x. Tokens above the SAE's norm limit
-    (attention sinks it never trained on) pass through unchanged.
+    (attention sinks it never trained on) pass through unchanged. The returned function also
+    takes `index`, the token positions to splice (None: all). `codes_point` sees the edited
+    codes (batch, seq, d_hidden), 0 where nothing is spliced, and may replace them (the trace's
+    saves, edits and gradients of `splice_sae(...).codes`).
     """
     for edit in edits:
         check_features(sae, list(edit.features))
 
-    def spliced(x: mx.array) -> mx.array:
+    def spliced(x: mx.array, index: mx.array | None = None) -> mx.array:
         raw = x.astype(mx.float32)
         codes = sae.encode(raw)
+        keep = sae.within_norm_limit(raw)
+        if index is not None:
+            chosen = mx.zeros((x.shape[1],), dtype=mx.bool_)
+            chosen[index] = True
+            keep = keep & chosen
         edited = codes
         for edit in edits:
             edited = edit.apply(edited)
+        if codes_point is not None:
+            edited = codes_point(edited * keep[..., None].astype(edited.dtype))
         token_norm = sae.token_norm(raw)
         if error_term:
             # x + (edited - clean reconstruction) rather than reconstruction + (x - clean
@@ -103,7 +115,7 @@ def sae_edit_fn(sae: "SAE", edits: Sequence[FeatureEdit] = (), error_term: bool 
             out = raw + (sae.decode(edited, token_norm) - sae.decode(codes, token_norm))
         else:
             out = sae.decode(edited, token_norm)
-        return mx.where(sae.within_norm_limit(raw)[..., None], out, raw).astype(x.dtype)
+        return mx.where(keep[..., None], out, raw).astype(x.dtype)
 
     return spliced
 
@@ -115,12 +127,13 @@ def splice_sae(
     error_term: bool = True,
     layer: int | None = None,
     positions: Positions = slice(1, None),
-) -> None:
+) -> "Splice":
     """Replace the SAE's hook point output by its reconstruction, with `edits` applied to codes.
 
     Call inside `with model.trace(...)` or `with model.generate(...)`. `positions` defaults to
     every position but the first (the attention sink, which SAEs are not trained on); tokens
-    above the SAE's norm limit are left alone wherever they are.
+    above the SAE's norm limit are left alone wherever they are. Returns a `Splice`, whose
+    `.codes` port saves, edits or takes the gradient of the codes (batch, seq, d_hidden).
 
     >>> with model.trace(text) as trace:
     ...     splice_sae(sae, model, ablate([12, 40]), scale(7, 4.0))
@@ -128,7 +141,22 @@ def splice_sae(
     """
     model = resolve_model(sae, model)
     path = sae_hook_point(sae, model, layer).path
-    Port(model, path, "output").edit(sae_edit_fn(sae, edits, error_term), positions, "splice_sae()")
+    interventions = model._active_interventions("splice_sae()")
+    if any(e.label == "splice_sae()" for e in interventions.edits.get((path, "output"), ())):
+        raise SAEError(f"an SAE is already spliced at {path} in this block: splice one SAE per hook point")
+    point = functools.partial(interventions.inner, path, "codes")
+    edit = Edit(sae_edit_fn(sae, edits, error_term, point), positions, "splice_sae()", takes_index=True)
+    interventions.add_edit(path, "output", edit)
+    return Splice(sae, Port(model, path, "codes"))
+
+
+@dataclass(frozen=True)
+class Splice:
+    """An SAE spliced into the open trace; `codes` is the port of its codes, e.g.
+    `splice.codes.save()`, `splice.codes.grad.save()` (with a metric), `splice.codes.edit(fn)`."""
+
+    sae: "SAE"
+    codes: Port
 
 
 def steer(
