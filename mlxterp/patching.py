@@ -13,7 +13,7 @@ from .errors import TraceError
 if TYPE_CHECKING:
     from .model import InterpretableModel
 
-Metric = Callable[[mx.array], float]
+Metric = Callable[[mx.array], mx.array]  # logits (batch, seq, vocab) -> a scalar array
 
 
 @dataclass
@@ -36,20 +36,47 @@ class PatchingResult:
         return int(np.argmax(per_layer))
 
 
-def logit_difference(model: "InterpretableModel", correct: str, wrong: str) -> Metric:
-    """Metric: logit of `correct`'s first token minus `wrong`'s at the last position."""
-    correct_id, wrong_id = model.encode(correct)[0], model.encode(wrong)[0]
-    return lambda logits: float(logits[0, -1, correct_id] - logits[0, -1, wrong_id])
+def logit_difference(model: "InterpretableModel", correct: str | list[str], wrong: str | list[str]) -> Metric:
+    """Metric: logit of `correct`'s first token minus `wrong`'s at the last position, averaged
+    over the batch; lists give each row its own pair (IOI prompt sets)."""
+    correct_ids = mx.array([model.encode(t)[0] for t in _as_list(correct)])
+    wrong_ids = mx.array([model.encode(t)[0] for t in _as_list(wrong)])
 
-
-def token_log_prob(token_id: int) -> Metric:
-    """Metric: log-probability of `token_id` at the last position."""
-
-    def metric(logits: mx.array) -> float:
-        last = logits[0, -1].astype(mx.float32)
-        return float(last[token_id] - mx.logsumexp(last))
+    def metric(logits: mx.array) -> mx.array:
+        last = logits[:, -1].astype(mx.float32)
+        rows = mx.arange(last.shape[0])
+        return mx.mean(last[rows, correct_ids] - last[rows, wrong_ids])
 
     return metric
+
+
+def token_log_prob(token_id: int | list[int]) -> Metric:
+    """Metric: log-probability of `token_id` (or one per row) at the last position, averaged
+    over the batch."""
+    ids = mx.array(token_id if isinstance(token_id, list) else [token_id])
+
+    def metric(logits: mx.array) -> mx.array:
+        last = logits[:, -1].astype(mx.float32)
+        rows = mx.arange(last.shape[0])
+        return mx.mean(last[rows, ids] - mx.logsumexp(last, axis=-1))
+
+    return metric
+
+
+def paired_tokens(model: "InterpretableModel", clean, corrupted) -> tuple[mx.array, mx.array]:
+    """Token ids (batch, seq) of clean and corrupted prompts (a string or a list each), which
+    must all have the same number of tokens so that positions line up."""
+    clean_tokens, clean_mask = model.tokenize_batch(clean)
+    corrupted_tokens, corrupted_mask = model.tokenize_batch(corrupted)
+    lengths = [int(n) for n in clean_mask.sum(axis=1).tolist() + corrupted_mask.sum(axis=1).tolist()]
+    if clean_tokens.shape[0] != corrupted_tokens.shape[0] or len(set(lengths)) > 1:
+        raise TraceError(
+            f"clean and corrupted prompts must pair up and have the same number of tokens to patch "
+            f"position by position; got {clean_tokens.shape[0]} clean and {corrupted_tokens.shape[0]} "
+            f"corrupted prompts of {sorted(set(lengths))} tokens. Adjust the wording "
+            "(model.to_str_tokens shows the tokens)."
+        )
+    return clean_tokens, corrupted_tokens
 
 
 def activation_patching(
@@ -63,35 +90,30 @@ def activation_patching(
 ) -> PatchingResult:
     """Patch the clean run's `component` activations into the corrupted run, layer by layer.
 
-    `clean` and `corrupted` must tokenize to the same length (as in the IOI setup, where names
-    are swapped). The default metric is the log-probability, at the last position, of the token
-    the clean run predicts there. With `per_position`, each (layer, position) is patched alone.
+    `clean` and `corrupted` (a prompt or a list of prompts, patched all at once) must tokenize
+    to the same length (as in the IOI setup, where names are swapped). The default metric is the
+    log-probability, at the last position, of the token the clean run predicts there. With
+    `per_position`, each (layer, position) is patched alone.
     """
     layers = list(range(model.n_layers)) if layers is None else [model.anatomy.check_layer(l) for l in layers]
-    clean_ids, corrupted_ids = model.encode(clean), model.encode(corrupted)
-    if len(clean_ids) != len(corrupted_ids):
-        raise TraceError(
-            f"clean and corrupted prompts must have the same number of tokens to patch position "
-            f"by position; got {len(clean_ids)} and {len(corrupted_ids)}. Adjust the wording "
-            "(model.to_str_tokens shows the tokens)."
-        )
+    clean_ids, corrupted_ids = paired_tokens(model, clean, corrupted)
     paths = [model.hook_point(layer, component).path for layer in layers]
     with model.trace(clean_ids) as clean_trace:
         for path in paths:
             model.module(path).output.save()
         model.output.save()
     if metric is None:
-        metric = token_log_prob(int(mx.argmax(clean_trace.logits[0, -1]).item()))
-    clean_value = metric(clean_trace.logits)
-    corrupted_value = metric(_logits(model, corrupted_ids))
+        metric = token_log_prob(mx.argmax(clean_trace.logits[:, -1], axis=-1).tolist())
+    clean_value = float(metric(clean_trace.logits))
+    corrupted_value = float(metric(_logits(model, corrupted_ids)))
 
-    positions = [None] if not per_position else list(range(len(clean_ids)))
+    positions = [None] if not per_position else list(range(clean_ids.shape[1]))
     patched = np.zeros((len(layers), len(positions)))
     for i, path in enumerate(paths):
         source = clean_trace.activations[path]
         for j, position in enumerate(positions):
             edit = _replace_with(source, position)
-            patched[i, j] = metric(_logits(model, corrupted_ids, path, edit))
+            patched[i, j] = float(metric(_logits(model, corrupted_ids, path, edit)))
     denominator = clean_value - corrupted_value
     if abs(denominator) < 1e-8:
         raise TraceError(
@@ -115,7 +137,11 @@ def _replace_with(source: mx.array, position: int | None):
     return patch_one
 
 
-def _logits(model: "InterpretableModel", ids: list[int], path: str | None = None, edit=None) -> mx.array:
+def _as_list(texts: str | list[str]) -> list[str]:
+    return [texts] if isinstance(texts, str) else list(texts)
+
+
+def _logits(model: "InterpretableModel", ids: mx.array, path: str | None = None, edit=None) -> mx.array:
     with model.trace(ids):
         if path is not None:
             model.module(path).output.edit(edit)
