@@ -225,7 +225,7 @@ class SAE(FeatureToolMethods, nn.Module):
         self._check_width(x)
         acts, idx = self._codes(self._centred(self._flat(x)))
         if idx is not None:
-            acts = mx.put_along_axis(mx.zeros((acts.shape[0], self.d_hidden)), idx, acts, axis=-1)
+            acts = mx.put_along_axis(mx.zeros((acts.shape[0], self.d_hidden)), mx.stop_gradient(idx), acts, axis=-1)
         return self._check_finite(x, acts.reshape(*x.shape[:-1], self.d_hidden))
 
     def encode_sparse(self, x: mx.array) -> tuple[mx.array, mx.array]:
