@@ -195,10 +195,11 @@ def test_bad_gradient_requests(model):
 
 
 @pytest.mark.slow
-def test_trace_gradient_equals_mx_grad_of_a_hand_written_forward():
+def test_trace_gradient_equals_mx_grad_of_a_hand_written_forward(default_model_pair):
     """On SmolLM2: d logit gap / d layer 8's output, from the trace and from mx.grad of the
     rest of the network written out by hand."""
-    model = InterpretableModel.default()
+    pair = default_model_pair
+    model = InterpretableModel(pair.model, pair.tokenizer, name=pair.name)
     text = "When Mary and John went to the store, John gave a drink to"
     mary, john = model.encode(" Mary")[0], model.encode(" John")[0]
     with model.trace(text) as trace:
