@@ -87,13 +87,15 @@ def activation_patching(
     component: str = "output",
     layers: list[int] | None = None,
     per_position: bool = False,
+    progress: bool = True,
 ) -> PatchingResult:
     """Patch the clean run's `component` activations into the corrupted run, layer by layer.
 
     `clean` and `corrupted` (a prompt or a list of prompts, patched all at once) must tokenize
     to the same length (as in the IOI setup, where names are swapped). The default metric is the
     log-probability, at the last position, of the token the clean run predicts there. With
-    `per_position`, each (layer, position) is patched alone.
+    `per_position`, each (layer, position) is patched alone (one forward each; `progress`
+    shows a bar).
     """
     layers = list(range(model.n_layers)) if layers is None else [model.anatomy.check_layer(l) for l in layers]
     clean_ids, corrupted_ids = paired_tokens(model, clean, corrupted)
@@ -109,11 +111,17 @@ def activation_patching(
 
     positions = [None] if not per_position else list(range(clean_ids.shape[1]))
     patched = np.zeros((len(layers), len(positions)))
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=patched.size, desc=f"patching {component}", unit="forward", disable=not progress, leave=False)
     for i, path in enumerate(paths):
         source = clean_trace.activations[path]
         for j, position in enumerate(positions):
             edit = _replace_with(source, position)
             patched[i, j] = float(metric(_logits(model, corrupted_ids, path, edit)))
+            bar.update()
+        bar.set_postfix(layer=layers[i], best=f"{np.max((patched[: i + 1] - corrupted_value)):+.3f}")
+    bar.close()
     denominator = clean_value - corrupted_value
     if abs(denominator) < 1e-8:
         raise TraceError(
