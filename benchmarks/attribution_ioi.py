@@ -49,6 +49,10 @@ def ioi(model, pairs: int):
 def compare(model, args) -> None:
     clean, corrupted, metric = ioi(model, args.pairs)
     components = args.components.split(",")
+    # Before the first token where clean and corrupted differ, patching changes nothing (both
+    # methods give exactly 0 there): only the positions from that token on are compared.
+    first = next(i for i, (a, b) in enumerate(zip(model.encode(clean[0]), model.encode(corrupted[0]))) if a != b)
+    positions = list(range(first, len(model.encode(clean[0]))))
     if args.part in ("compare", "attribution"):
         start = time.perf_counter()
         estimate = attribution_patching(model, clean, corrupted, metric, components=components)
@@ -57,16 +61,17 @@ def compare(model, args) -> None:
     if args.part in ("compare", "activation"):
         for component in components:
             start = time.perf_counter()
-            exact = activation_patching(model, clean, corrupted, metric, component=component, per_position=True)
+            exact = activation_patching(model, clean, corrupted, metric, component=component, per_position=positions)
             print(f"activation patching, {component}: {exact.recovery.size} forwards, "
                   f"{time.perf_counter() - start:.1f} s")
             if args.part == "compare":
-                r = estimate.correlation(exact)
-                print(f"  {component}: Pearson r = {r:.3f}; clean {exact.clean_metric:.3f}, corrupted "
-                      f"{exact.corrupted_metric:.3f}; largest recovery exact {exact.recovery.max():.3f} at "
-                      f"{np.unravel_index(exact.recovery.argmax(), exact.recovery.shape)}, estimated "
-                      f"{estimate.components[component].recovery.max():.3f} at "
-                      f"{np.unravel_index(estimate.components[component].recovery.argmax(), exact.recovery.shape)}")
+                guess = estimate.components[component].recovery[:, positions]
+                r = np.corrcoef(guess.reshape(-1), exact.recovery.reshape(-1))[0, 1]
+                print(f"  {component}: Pearson r = {r:.3f} over {exact.recovery.size} (layer, position) pairs; "
+                      f"clean {exact.clean_metric:.3f}, corrupted {exact.corrupted_metric:.3f}")
+                for name, table in (("exact", exact.recovery), ("estimate", guess)):
+                    print(f"  {name} recovery, layers x positions {positions}:")
+                    print("   " + np.array2string(table, precision=2, suppress_small=True, max_line_width=200).replace("\n", "\n   "))
     if args.part == "compare":
         heads = estimate.heads.sum(axis=2)
         top = np.dstack(np.unravel_index(np.argsort(-np.abs(heads), axis=None)[:5], heads.shape))[0]

@@ -86,7 +86,7 @@ def activation_patching(
     metric: Metric | None = None,
     component: str = "output",
     layers: list[int] | None = None,
-    per_position: bool = False,
+    per_position: bool | list[int] = False,
     progress: bool = True,
 ) -> PatchingResult:
     """Patch the clean run's `component` activations into the corrupted run, layer by layer.
@@ -95,7 +95,7 @@ def activation_patching(
     to the same length (as in the IOI setup, where names are swapped). The default metric is the
     log-probability, at the last position, of the token the clean run predicts there. With
     `per_position`, each (layer, position) is patched alone (one forward each; `progress`
-    shows a bar).
+    shows a bar); a list patches only those positions, one at a time (columns in that order).
     """
     layers = list(range(model.n_layers)) if layers is None else [model.anatomy.check_layer(l) for l in layers]
     clean_ids, corrupted_ids = paired_tokens(model, clean, corrupted)
@@ -109,7 +109,11 @@ def activation_patching(
     clean_value = float(metric(clean_trace.logits))
     corrupted_value = float(metric(_logits(model, corrupted_ids)))
 
-    positions = [None] if not per_position else list(range(clean_ids.shape[1]))
+    n_tokens = clean_ids.shape[1]
+    positions = {False: [None], True: list(range(n_tokens))}.get(per_position) if isinstance(per_position, bool) \
+        else list(per_position)
+    if not positions or any(not isinstance(p, int) or not -n_tokens <= p < n_tokens for p in positions if p is not None):
+        raise TraceError(f"per_position={per_position!r}: pass True, False or a list of positions of the {n_tokens} tokens")
     patched = np.zeros((len(layers), len(positions)))
     from tqdm.auto import tqdm
 

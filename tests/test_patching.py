@@ -44,3 +44,15 @@ def test_patching_errors(model):
         activation_patching(model, "abc", "abc")
     with pytest.raises(TraceError, match="out of range"):
         activation_patching(model, "abc", "abd", layers=[9])
+
+
+def test_patching_chosen_positions_and_prompt_lists(model):
+    full = activation_patching(model, ["abcd", "wxyz"], ["abxd", "wxqz"], per_position=True)
+    chosen = activation_patching(model, ["abcd", "wxyz"], ["abxd", "wxqz"], per_position=[3, 2])
+    np.testing.assert_allclose(chosen.recovery, full.recovery[:, [3, 2]], atol=1e-5)
+    with pytest.raises(TraceError, match="list of positions of the 4 tokens"):
+        activation_patching(model, "abcd", "abxd", per_position=[4])
+    with pytest.raises(TraceError, match="list of positions"):
+        activation_patching(model, "abcd", "abxd", per_position=[])
+    with pytest.raises(TraceError, match="same number of tokens"):
+        activation_patching(model, ["abcd", "wxyz"], ["abxd"])
