@@ -41,6 +41,10 @@ SETUP = {
         1: "from mlxterp import InterpretableModel, SAEConfig\nmodel = InterpretableModel.default()\n"
            f"sae = model.train_sae(layer=2, dataset=TEXTS, config={SMALL_CONFIG}, progress=False)",
     },
+    "docs/causal.md": {
+        4: "from mlxterp import SAEConfig\n"
+           f"sae = model.train_sae(layer=6, component='output', dataset=TEXTS, config={SMALL_CONFIG}, progress=False)",
+    },
     "docs/dashboard.md": {
         0: "from mlxterp import InterpretableModel, SAEConfig\nmodel = InterpretableModel.default()\n"
            "texts = TEXTS[:8]\n"
@@ -56,6 +60,8 @@ SKIPPED = {
                             "tests cannot reach (tests/sae/test_foreign.py reads a Gemma Scope fixture)",
     ("docs/interop.md", 2): "runs sae-lens and sparsify under torch; scripts/make_foreign_sae_fixtures.py "
                             "does this round trip in its own environment",
+    ("docs/causal.md", 3): "IOI on SmolLM2: logit_difference needs ' Mary' and ' John' to be single tokens; "
+                           "tests/test_attribution.py compares attribution and activation patching",
     ("docs/tracing.md", 4): "logit_difference needs ' Mary' and ' John' to be single tokens; the byte-level "
                             "test tokenizer splits them (tests/test_patching.py runs activation_patching)",
 }
