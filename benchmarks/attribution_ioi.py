@@ -10,7 +10,7 @@ Parts (`--part`):
   ../shared/data), runs feature attribution on the IOI prompts (linear and integrated
   gradients), and ablates the top features against as many random active ones.
 
-    python benchmarks/attribution_ioi.py --part compare [--pairs 2] [--components output,attn,mlp]
+    python benchmarks/attribution_ioi.py --part compare [--pairs 2] [--components output,attn,mlp] [--layers 0,3,6]
     python benchmarks/attribution_ioi.py --part features [--layer 6] [--train-tokens 100000]
 """
 
@@ -53,6 +53,7 @@ def compare(model, args) -> None:
     # methods give exactly 0 there): only the positions from that token on are compared.
     first = next(i for i, (a, b) in enumerate(zip(model.encode(clean[0]), model.encode(corrupted[0]))) if a != b)
     positions = list(range(first, len(model.encode(clean[0]))))
+    layers = list(range(model.n_layers)) if args.layers is None else [int(l) for l in args.layers.split(",")]
     if args.part in ("compare", "attribution"):
         start = time.perf_counter()
         estimate = attribution_patching(model, clean, corrupted, metric, components=components)
@@ -61,11 +62,12 @@ def compare(model, args) -> None:
     if args.part in ("compare", "activation"):
         for component in components:
             start = time.perf_counter()
-            exact = activation_patching(model, clean, corrupted, metric, component=component, per_position=positions)
+            exact = activation_patching(model, clean, corrupted, metric, component=component, per_position=positions,
+                                        layers=layers)
             print(f"activation patching, {component}: {exact.recovery.size} forwards, "
                   f"{time.perf_counter() - start:.1f} s")
             if args.part == "compare":
-                guess = estimate.components[component].recovery[:, positions]
+                guess = estimate.components[component].recovery[layers][:, positions]
                 r = np.corrcoef(guess.reshape(-1), exact.recovery.reshape(-1))[0, 1]
                 print(f"  {component}: Pearson r = {r:.3f} over {exact.recovery.size} (layer, position) pairs; "
                       f"clean {exact.clean_metric:.3f}, corrupted {exact.corrupted_metric:.3f}")
@@ -102,6 +104,7 @@ def main() -> None:
     parser.add_argument("--part", choices=("compare", "attribution", "activation", "features"), default="compare")
     parser.add_argument("--pairs", type=int, default=2)
     parser.add_argument("--components", default="output,attn,mlp")
+    parser.add_argument("--layers", default=None, help="activation patching only these layers, e.g. 0,29")
     parser.add_argument("--layer", type=int, default=6)
     parser.add_argument("--train-tokens", type=int, default=100_000)
     args = parser.parse_args()
