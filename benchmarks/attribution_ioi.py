@@ -56,9 +56,12 @@ def compare(model, args) -> None:
     layers = list(range(model.n_layers)) if args.layers is None else [int(l) for l in args.layers.split(",")]
     if args.part in ("compare", "attribution"):
         start = time.perf_counter()
-        estimate = attribution_patching(model, clean, corrupted, metric, components=components)
-        print(f"attribution patching, {model.n_layers} layers x {len(model.encode(clean[0]))} positions x "
-              f"{len(components)} components + heads: {time.perf_counter() - start:.1f} s")
+        estimate = attribution_patching(model, clean, corrupted, metric, components=components,
+                                        heads=args.method == "linear", method=args.method, steps=args.steps,
+                                        layers=None if args.method == "linear" else layers)
+        print(f"attribution patching ({args.method}), {len(estimate.layers)} layers x {len(model.encode(clean[0]))} "
+              f"positions x {len(components)} components{' + heads' if args.method == 'linear' else ''}: "
+              f"{time.perf_counter() - start:.1f} s")
     if args.part in ("compare", "activation"):
         for component in components:
             start = time.perf_counter()
@@ -67,14 +70,15 @@ def compare(model, args) -> None:
             print(f"activation patching, {component}: {exact.recovery.size} forwards, "
                   f"{time.perf_counter() - start:.1f} s")
             if args.part == "compare":
-                guess = estimate.components[component].recovery[layers][:, positions]
+                rows = [estimate.layers.index(l) for l in layers]
+                guess = estimate.components[component].recovery[rows][:, positions]
                 r = np.corrcoef(guess.reshape(-1), exact.recovery.reshape(-1))[0, 1]
                 print(f"  {component}: Pearson r = {r:.3f} over {exact.recovery.size} (layer, position) pairs; "
                       f"clean {exact.clean_metric:.3f}, corrupted {exact.corrupted_metric:.3f}")
                 for name, table in (("exact", exact.recovery), ("estimate", guess)):
                     print(f"  {name} recovery, layers x positions {positions}:")
                     print("   " + np.array2string(table, precision=2, suppress_small=True, max_line_width=200).replace("\n", "\n   "))
-    if args.part == "compare":
+    if args.part == "compare" and estimate.heads is not None:
         heads = estimate.heads.sum(axis=2)
         top = np.dstack(np.unravel_index(np.argsort(-np.abs(heads), axis=None)[:5], heads.shape))[0]
         print("heads with the largest estimated recovery (layer, head: recovery):",
@@ -105,6 +109,8 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=2)
     parser.add_argument("--components", default="output,attn,mlp")
     parser.add_argument("--layers", default=None, help="activation patching only these layers, e.g. 0,29")
+    parser.add_argument("--method", choices=("linear", "ig"), default="linear")
+    parser.add_argument("--steps", type=int, default=4, help="integration points for --method ig")
     parser.add_argument("--layer", type=int, default=6)
     parser.add_argument("--train-tokens", type=int, default=100_000)
     args = parser.parse_args()
