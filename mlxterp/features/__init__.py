@@ -9,6 +9,7 @@ registered here.
 from ..sae.entry_points import register_feature_tools
 
 from .analysis import AnalysisResult, analyze_text
+from .attribution import AblationCheck, FeatureAttribution, ablation_check, feature_attribution
 from .decoder import (
     LogitLens,
     RandomBaseline,
@@ -49,9 +50,11 @@ register_feature_tools(
 )
 
 __all__ = [
+    "AblationCheck",
     "AnalysisResult",
     "Example",
     "ExampleSet",
+    "FeatureAttribution",
     "FeatureEdit",
     "FeatureExamples",
     "FeatureSet",
@@ -60,6 +63,7 @@ __all__ = [
     "RandomBaseline",
     "SAEFeature",
     "ablate",
+    "ablation_check",
     "analyze_text",
     "clamp",
     "collect_dashboard_data",
@@ -67,6 +71,7 @@ __all__ = [
     "cosine_similarity",
     "diverse_features",
     "evaluate_sae",
+    "feature_attribution",
     "feature_directions",
     "feature_stats",
     "get_top_activating_texts",
