@@ -42,8 +42,8 @@ SETUP = {
            f"sae = model.train_sae(layer=2, dataset=TEXTS, config={SMALL_CONFIG}, progress=False)",
     },
     "docs/causal.md": {
-        4: "from mlxterp import SAEConfig\n"
-           f"sae = model.train_sae(layer=6, component='output', dataset=TEXTS, config={SMALL_CONFIG}, progress=False)",
+        4: "from mlxterp.sae.model import SAE\nsae = SAE(model.d_model, 256, k=8, seed=0)  # untrained: the block only has to run\n"
+           "sae.metadata.update(layer=6, component='output', model_name=model.name)\nsae.attached_model = model",
     },
     "docs/dashboard.md": {
         0: "from mlxterp import InterpretableModel, SAEConfig\nmodel = InterpretableModel.default()\n"
