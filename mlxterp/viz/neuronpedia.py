@@ -3,7 +3,7 @@ NeuronpediaRunner writes and Neuronpedia's import tooling reads (docs/interop.md
 
 Every value comes from the dashboard data (docs/architecture.md, "Feature records"); the keys,
 their order and their meaning follow SAEDashboard's NeuronpediaDashboardBatch / Feature /
-Activation `to_dict`, field for field.
+Activation `to_dict` (sae-dashboard 0.8.0), field for field.
 """
 
 from __future__ import annotations
@@ -77,13 +77,14 @@ def neuronpedia_feature(record: Mapping[str, Any], n_prompts_total: int = 0, n_t
         "logits_hist_data_bar_heights": logit_heights, "logits_hist_data_bar_values": logit_values,
         "n_prompts_total": int(n_prompts_total), "n_tokens_in_prompt": int(n_tokens_in_prompt),
         "dataset": str(dataset), "decoder_weights_dist": [], "activations": activations,
+        "vector": [],  # a steering vector's own direction (SAEDashboard's vector sets); empty for SAE features
     })
     return out
 
 
 def neuronpedia_batches(data: Mapping[str, Any], model_id: str | None = None, sae_set: str | None = None,
                         dataset: str = "", features_per_batch: int = 128) -> list[dict]:
-    """The dashboard data as Neuronpedia batches ({"model_id", "layer", "sae_set", "features"}),
+    """The dashboard data as Neuronpedia batches ({"model_id", "layer", "sae_set", "sae_id_suffix", "features"}),
     `features_per_batch` features each. `model_id` None: from the model name; `sae_set` None:
     "res-mlxterp", "mlp-mlxterp" or "att-mlxterp" after the hook point's component."""
     if isinstance(features_per_batch, bool) or not isinstance(features_per_batch, int) or features_per_batch < 1:
@@ -96,7 +97,8 @@ def neuronpedia_batches(data: Mapping[str, Any], model_id: str | None = None, sa
     for record in data["features"]:
         validate_record(record)
     head = {"model_id": model_id or neuronpedia_id(data["model"]), "layer": int(data["layer"]),
-            "sae_set": sae_set or f"{SET_PREFIX.get(data['component'], data['component'])}-mlxterp"}
+            "sae_set": sae_set or f"{SET_PREFIX.get(data['component'], data['component'])}-mlxterp",
+            "sae_id_suffix": None}  # Neuronpedia's source id is "{layer}-{sae_set}" plus "__{suffix}" if set
     run = {"n_prompts_total": data.get("n_contexts", 0), "n_tokens_in_prompt": data.get("context_length", 0),
            "dataset": dataset}
     features = [neuronpedia_feature(record, **run) for record in data["features"]]

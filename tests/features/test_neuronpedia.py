@@ -14,8 +14,8 @@ from mlxterp.features.scan import scan
 from mlxterp.viz import VizError, neuronpedia_batches, write_neuronpedia
 
 CONTEXTS = ContextSettings(context_length=32)
-# SAEDashboard's NeuronpediaDashboardBatch / Feature / Activation .to_dict() keys, in their order.
-BATCH_KEYS = ["model_id", "layer", "sae_set", "features"]
+# sae-dashboard 0.8.0's NeuronpediaDashboardBatch / Feature / Activation .to_dict() keys, in their order.
+BATCH_KEYS = ["model_id", "layer", "sae_set", "sae_id_suffix", "features"]
 FEATURE_KEYS = [
     "feature_index", "neuron_alignment_indices", "neuron_alignment_values", "neuron_alignment_l1",
     "correlated_neurons_indices", "correlated_neurons_l1", "correlated_neurons_pearson",
@@ -23,7 +23,7 @@ FEATURE_KEYS = [
     "neg_str", "neg_values", "pos_str", "pos_values", "frac_nonzero",
     "freq_hist_data_bar_values", "freq_hist_data_bar_heights", "logits_hist_data_bar_heights",
     "logits_hist_data_bar_values", "n_prompts_total", "n_tokens_in_prompt", "dataset", "decoder_weights_dist",
-    "activations",
+    "activations", "vector",
 ]
 ACTIVATION_KEYS = ["bin_min", "bin_max", "bin_contains", "tokens", "values", "qualifying_token_index"]
 
