@@ -64,7 +64,8 @@ def read(folder: Path) -> Parts:
                        "hook point for")
     d_in, d_sae = config_int(cfg_path, cfg, "d_in"), config_int(cfg_path, cfg, "d_sae")
     tensors = read_safetensors(weights)
-    names = GATED if arch == "gated" else ("W_enc", "b_enc", "W_dec", "b_dec") + (("threshold",) if arch == "jumprelu" else ())
+    names = ("W_enc", "b_enc", "W_dec", "b_dec") + (("threshold",) if arch == "jumprelu" else ())
+    names = GATED if arch == "gated" else names
     if arch == "jumprelu" and "threshold" not in tensors:
         raise SAEError(f"{weights}: a JumpReLU SAE needs its per-latent 'threshold' tensor and this file has "
                        "none: the download is incomplete or the config names the wrong architecture")
@@ -91,8 +92,9 @@ def read(folder: Path) -> Parts:
             norms = np.linalg.norm(W_dec.astype(np.float64), axis=1)
             W_enc, b_enc, W_dec = W_enc * norms[:, None], b_enc * norms, W_dec / norms[:, None]
     hook = cfg.get("hook_name")
-    metadata: dict[str, Any] = {"source": {"format": "saelens", "architecture": arch, "model_name": cfg.get("model_name"),
-                                           "hook_name": hook, "normalize_activations": norm}}
+    metadata: dict[str, Any] = {"source": {"format": "saelens", "architecture": arch,
+                                           "model_name": cfg.get("model_name"), "hook_name": hook,
+                                           "normalize_activations": norm}}
     if hook:
         layer, component = parse_hook_name(str(hook))
         metadata["hook_point"] = {"layer": layer, "component": component, "path": ""}
