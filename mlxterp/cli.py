@@ -146,6 +146,17 @@ def cmd_run(args) -> None:
     _dashboard(model, sae, texts, out / "dashboard", args.dashboard_tokens, args.serve, args.port)
 
 
+def _scan_command(sub, name: str, help: str) -> argparse.ArgumentParser:
+    """A subcommand that scans a dataset with a saved SAE and writes into the folder --out (./name)."""
+    command = sub.add_parser(name, help=help)
+    command.add_argument("sae", help="a saved SAE (e.g. my_sae.mlx)")
+    command.add_argument("--model", help=MODEL_HELP)
+    command.add_argument("--dataset", help=DATASET_HELP)
+    command.add_argument("--out", default=name, help=f"output folder (default ./{name})")
+    command.add_argument("--n-tokens", type=int, default=50_000, help="tokens to scan for examples")
+    return command
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlxterp", description="Interpretability for MLX language models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -176,22 +187,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", help="also write the metrics to this JSON file")
     evaluate.set_defaults(func=cmd_evaluate)
 
-    dashboard = sub.add_parser("dashboard", help="write (and optionally serve) a feature dashboard")
-    dashboard.add_argument("sae", help="a saved SAE (e.g. my_sae.mlx)")
-    dashboard.add_argument("--model", help=MODEL_HELP)
-    dashboard.add_argument("--dataset", help=DATASET_HELP)
-    dashboard.add_argument("--out", default="dashboard", help="output folder (default ./dashboard)")
-    dashboard.add_argument("--n-tokens", type=int, default=50_000, help="tokens to scan for examples")
+    dashboard = _scan_command(sub, "dashboard", "write (and optionally serve) a feature dashboard")
     dashboard.add_argument("--serve", action="store_true", help="serve on localhost after writing")
     dashboard.add_argument("--port", type=int, default=8000, help="port (0 = any free port)")
     dashboard.set_defaults(func=cmd_dashboard)
 
-    neuronpedia = sub.add_parser("neuronpedia", help="export the features in Neuronpedia's feature JSON")
-    neuronpedia.add_argument("sae", help="a saved SAE (e.g. my_sae.mlx)")
-    neuronpedia.add_argument("--model", help=MODEL_HELP)
-    neuronpedia.add_argument("--dataset", help=DATASET_HELP)
-    neuronpedia.add_argument("--out", default="neuronpedia", help="output folder (default ./neuronpedia)")
-    neuronpedia.add_argument("--n-tokens", type=int, default=50_000, help="tokens to scan for examples")
+    neuronpedia = _scan_command(sub, "neuronpedia", "export the features in Neuronpedia's feature JSON")
     neuronpedia.add_argument("--n-features", type=int, help="export this many features drawn at random (default: all)")
     neuronpedia.add_argument("--model-id", help="Neuronpedia model id (default: from the model name)")
     neuronpedia.add_argument("--sae-set", help="Neuronpedia SAE set (default: res-mlxterp, mlp-mlxterp or att-mlxterp)")
