@@ -14,7 +14,6 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from ..errors import SAEError
 from ..features.report import collect_dashboard_data
 from ..io_utils import atomic_write_text
 from ..sae.checks import resolve_model
@@ -60,7 +59,7 @@ def neuronpedia_feature(record: Mapping[str, Any], n_prompts_total: int = 0, n_t
     """One feature record (docs/architecture.md) in Neuronpedia's feature layout."""
     lens = record["logit_lens"]
     if "histogram" not in lens:
-        raise SAEError(f"feature {record.get('index')}'s record has no logit histogram, which Neuronpedia shows: "
+        raise VizError(f"feature {record.get('index')}'s record has no logit histogram, which Neuronpedia shows: "
                        f"collect the dashboard data with logit_bins={LOGIT_BINS}")
     act_values, act_heights = _bars(record["histogram"])
     logit_values, logit_heights = _bars(lens["histogram"])
@@ -88,7 +87,7 @@ def neuronpedia_batches(data: Mapping[str, Any], model_id: str | None = None, sa
     `features_per_batch` features each. `model_id` None: from the model name; `sae_set` None:
     "res-mlxterp", "mlp-mlxterp" or "att-mlxterp" after the hook point's component."""
     if isinstance(features_per_batch, bool) or not isinstance(features_per_batch, int) or features_per_batch < 1:
-        raise SAEError(f"features_per_batch must be a positive integer, got {features_per_batch!r}")
+        raise VizError(f"features_per_batch must be a positive integer, got {features_per_batch!r}")
     keys = ("model", "layer", "component", "features")
     missing = [key for key in keys if key not in data] if isinstance(data, Mapping) else list(keys)
     if missing:
@@ -113,7 +112,7 @@ def write_neuronpedia(data: Mapping[str, Any], out_dir: str | os.PathLike, model
     batches = neuronpedia_batches(data, model_id, sae_set, dataset, features_per_batch)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
-        raise SAEError(f"{out} is a file; the Neuronpedia export writes a folder of batch files: pass a folder path")
+        raise VizError(f"{out} is a file; the Neuronpedia export writes a folder of batch files: pass a folder path")
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for i, batch in enumerate(batches):

@@ -126,14 +126,14 @@ def test_write_neuronpedia_writes_batch_files_and_drops_stale_ones(data, tmp_pat
 def test_bad_input_is_refused(data, tiny, tmp_path):
     plain = {**data, "features": [{**r, "logit_lens": {k: v for k, v in r["logit_lens"].items() if k != "histogram"}}
                                   for r in data["features"]]}
-    with pytest.raises(SAEError, match="no logit histogram.*logit_bins=40"):
+    with pytest.raises(VizError, match="no logit histogram.*logit_bins=40"):
         neuronpedia_batches(plain)
-    with pytest.raises(SAEError, match="features_per_batch must be a positive integer"):
+    with pytest.raises(VizError, match="features_per_batch must be a positive integer"):
         neuronpedia_batches(data, features_per_batch=0)
     with pytest.raises(VizError, match="lacks layer, component"):
         neuronpedia_batches({"model": "m", "features": []})
     (tmp_path / "file").write_text("x")
-    with pytest.raises(SAEError, match="is a file"):
+    with pytest.raises(VizError, match="is a file"):
         write_neuronpedia(data, tmp_path / "file")
     with pytest.raises(SAEError, match="logit_bins must be an integer from 0"):
         collect_dashboard_data(random_sae(tiny), tiny, TEXTS, logit_bins=-1)
