@@ -44,7 +44,7 @@ def is_main() -> bool:
 
 def _init(timeout: float) -> mx.distributed.Group:
     timed_out = []
-    alarm = threading.current_thread() is threading.main_thread() and timeout > 0
+    alarm = "MLX_RANK" in os.environ and threading.current_thread() is threading.main_thread() and timeout > 0
     if alarm:
         # MLX holds the GIL while it waits in accept(); the signal interrupts that call.
         previous = signal.signal(signal.SIGALRM, lambda *_: timed_out.append(True))

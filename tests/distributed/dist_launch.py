@@ -35,7 +35,7 @@ def free_ports(count: int) -> int:
     raise RuntimeError("no free consecutive ports")
 
 
-def launch(args: list[str], ranks: int = 2, timeout: float = 240, env: dict | None = None) -> subprocess.CompletedProcess:
+def launch(args: list[str], ranks: int = 2, timeout: float = 420, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run dist_worker.py `args` on `ranks` local ranks; returns the finished launcher (rc, output)."""
     launcher = Path(sys.executable).with_name("mlx.launch")
     cmd = [str(launcher), "--backend", "ring", "-n", str(ranks), "-p", str(free_ports(ranks)),

@@ -1,7 +1,7 @@
 """One rank of the distributed tests, started by `mlx.launch` (see dist_launch.py beside it).
 
     dist_worker.py arrays <data.npy> <out> <config json> [kill_at_step]
-    dist_worker.py pipeline <out> <config json>
+    dist_worker.py command <out> <mlxterp train flags>
 
 Each rank writes <out>.rank<r>.json (what it saw) and, for arrays, <out>.rank<r>.npz (its copy of
 the weights); rank 0 saves the SAE to <out>.
@@ -43,25 +43,25 @@ def arrays(data_path: str, out: str, config: dict, kill_at: int | None) -> None:
     trainer.fit(data, save_path=out, progress=False)
     np.savez(f"{out}.rank{rank}.npz", **{k: np.array(v) for k, v in sae_tensors(sae).items()})
     report = {"rank": rank, "ranks": distributed.group().size(), "resumed_from": trainer.resumed_from,
-              "steps": trainer.step, "fired": float(mx.sum(trainer.counters["fired"]).item())}
+              "steps": trainer.step, "fired": float(mx.sum(trainer.counters["fired"]).item()),
+              "max_dead_fraction": max(h["dead_fraction"] for h in trainer.history)}
     Path(f"{out}.rank{rank}.json").write_text(json.dumps(report))
 
 
-def pipeline(out: str, config: dict) -> None:
-    from mlxterp import InterpretableModel
+def command(out: str, flags: list[str]) -> None:
+    """`mlxterp train` (the CLI, so the pipeline) on the tiny model, under mlx.launch."""
+    from mlxterp import InterpretableModel, cli
+    from mlxterp.data import load_texts, split_documents
     from tiny_models import byte_tokenizer, tiny_model
 
-    from mlxterp.data import split_documents
-
-    texts = [f"document {i}: " + "some words and more words here " * (2 + i % 7) for i in range(30)]
-    model = InterpretableModel((tiny_model("llama", seed=2), byte_tokenizer()))
-    cfg = SAEConfig(**config)
-    sae = model.train_sae(layer=1, dataset=texts, config=cfg, save_path=out, cache_dir=f"{out}.cache",
-                          progress=False)
     rank = distributed.group().rank()
-    report = {"rank": rank, "val_texts": split_documents(texts, cfg.validation_split, cfg.seed)[1],
-              "training": sae.metadata.get("training", {}).get("ranks"),
-              "tokens": sae.metadata["n_train_tokens_per_epoch"]}
+    texts = [f"document {i}: " + "some words and more words here " * (2 + i % 7) for i in range(30)]
+    corpus = Path(f"{out}.corpus.rank{rank}.txt")  # the same text; each rank reads its own copy
+    corpus.write_text("\n\n".join(texts))
+    model = InterpretableModel((tiny_model("llama", seed=2), byte_tokenizer()))
+    cli._load_model = lambda spec: model
+    assert cli.main(["train", "--dataset", str(corpus), "--out", out, "--cache-dir", f"{out}.cache", *flags]) == 0
+    report = {"rank": rank, "val_texts": split_documents(load_texts(corpus), 0.05, 0)[1]}
     Path(f"{out}.rank{rank}.json").write_text(json.dumps(report))
 
 
@@ -70,4 +70,4 @@ if __name__ == "__main__":
     if mode == "arrays":
         arrays(args[0], args[1], json.loads(args[2]), int(args[3]) if len(args) > 3 else None)
     else:
-        pipeline(args[0], json.loads(args[1]))
+        command(args[0], args[1:])
