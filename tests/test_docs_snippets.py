@@ -95,7 +95,7 @@ def quiet_dashboards(monkeypatch):
 
 
 # These train SAEs with the docs' own configs (16x, 4096-token batches): about 30-60 s each.
-TRAINING_DOCS = {"README.md", "docs/sae.md", "docs/features.md"}
+TRAINING_DOCS = {"README.md", "docs/sae.md", "docs/features.md", "docs/distributed.md"}
 
 
 @pytest.mark.parametrize("doc", [pytest.param(d, marks=pytest.mark.slow) if d in TRAINING_DOCS else d for d in DOCS])

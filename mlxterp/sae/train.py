@@ -122,13 +122,14 @@ class SAETrainer:
         self.optimizer = optim.Adam(learning_rate=self.peak_lr, bias_correction=True)
         self.optimizer.init(self.sae.trainable_parameters())
         first_stream = None
-        if resume and ckpt is not None and self.dp.has_checkpoint(ckpt):
+        resuming = resume and ckpt is not None and self.dp.has_checkpoint(ckpt)
+        if resuming:
             distributed.run_on_main(lambda: load_checkpoint(self, ckpt), f"reading the checkpoint {ckpt}")
             self.optimizer.init(self.sae.trainable_parameters())
-            self.resumed_from = self.step
         elif self.step == 0:
             first_stream = distributed.run_on_main(lambda: self._initialize(train, init_sample), "initializing the SAE")
         self.dp.share_state(self)
+        self.resumed_from = self.step if resuming else None
         self._start_wandb(n_tokens)
         self._bar = tqdm(total=self.total_steps or None, initial=self.step, desc="Training",
                          disable=not progress or not self.dp.is_main, unit="step")
