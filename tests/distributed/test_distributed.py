@@ -10,7 +10,7 @@ import pytest
 
 from dist_launch import REPO, free_ports, launch
 from mlxterp.activations.shards import document_share
-from mlxterp.errors import DataError
+from mlxterp.errors import DataError, SAEError
 from mlxterp.sae import SAE, SAEConfig
 from mlxterp.sae.checkpoints import CHECKPOINT_FORMAT, checkpoint_path
 from mlxterp.sae.io import read_tensors
@@ -82,6 +82,8 @@ def test_a_rank_killed_midway_resumes_from_the_last_checkpoint_on_both(data_file
     assert "Node with rank 1 exited with code -9" in result.stdout, result.stdout[-4000:]
     _, header = read_tensors(checkpoint_path(out), CHECKPOINT_FORMAT, 1, "checkpoint")
     assert header["step"] == 10 and not out.exists()
+    with pytest.raises(SAEError, match="written by a run on 2 ranks, this run has 1"):
+        train_sae_on_activations(np.load(data_file), SAEConfig(**CONFIG), save_path=out, progress=False)
     result, reports = run_arrays(data_file, out)
     assert result.returncode == 0, result.stdout[-4000:]
     assert [(r["rank"], r["resumed_from"]) for r in reports] == [(0, 10), (1, 10)]
