@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from .data import load_texts, split_documents
+from .distributed import is_main
 from .errors import MlxterpError
 from .features import collect_dashboard_data, evaluate_sae
 from .io_utils import atomic_write_text
@@ -81,7 +82,8 @@ def _train(args, out: Path, texts: list[str]):
 
 def cmd_train(args) -> None:
     _, sae = _train(args, Path(args.out), load_texts(args.dataset))
-    print(f"saved {sae.d_hidden}-latent SAE to {args.out}")
+    if is_main():  # under mlx.launch, rank 0 saved it
+        print(f"saved {sae.d_hidden}-latent SAE to {args.out}")
 
 
 def cmd_evaluate(args) -> None:
