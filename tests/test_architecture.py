@@ -15,7 +15,7 @@ STAGES = [
     {"errors", "io_utils", "platform", "batching"},
     {"hookpoint", "loading"},
     {"anatomy"},
-    {"tracing", "envoy", "generation", "patching"},
+    {"attention", "tracing", "envoy", "generation", "patching", "heads", "lens"},
     {"data", "activations"},
     {"sae"},
     {"features", "pipeline"},
