@@ -68,6 +68,24 @@ def activation_patching(
     the clean run predicts there. With `per_position`, each (layer, position) is patched alone.
     """
     layers = list(range(model.n_layers)) if layers is None else [model.anatomy.check_layer(l) for l in layers]
+    paths = [model.hook_point(layer, component).path for layer in layers]
+    corrupted_ids, sources, metric, clean_value, corrupted_value = clean_and_corrupted(
+        model, clean, corrupted, metric, lambda: [model.module(path).output.save() for path in paths])
+    positions = [None] if not per_position else list(range(len(corrupted_ids)))
+    patched = np.zeros((len(layers), len(positions)))
+    for i, path in enumerate(paths):
+        for j, position in enumerate(positions):
+            edit = _replace_with(sources[i].value, position)
+            patched[i, j] = metric(_logits(model, corrupted_ids, path, edit))
+    recovery = recovery_of(patched, clean_value, corrupted_value)
+    squeeze = (lambda a: a[:, 0]) if not per_position else (lambda a: a)
+    return PatchingResult(component, clean_value, corrupted_value, squeeze(patched), squeeze(recovery))
+
+
+def clean_and_corrupted(model: "InterpretableModel", clean: str, corrupted: str, metric: Metric | None, save):
+    """The common start of patching: the corrupted prompt's token ids, the clean run's values that
+    `save()` declares (a list of saved handles), the metric (default: the log-probability of the
+    clean run's top next token) and its values on the clean and the corrupted prompt."""
     clean_ids, corrupted_ids = model.encode(clean), model.encode(corrupted)
     if len(clean_ids) != len(corrupted_ids):
         raise TraceError(
@@ -75,32 +93,23 @@ def activation_patching(
             f"by position; got {len(clean_ids)} and {len(corrupted_ids)}. Adjust the wording "
             "(model.to_str_tokens shows the tokens)."
         )
-    paths = [model.hook_point(layer, component).path for layer in layers]
     with model.trace(clean_ids) as clean_trace:
-        for path in paths:
-            model.module(path).output.save()
+        sources = save()
         model.output.save()
     if metric is None:
         metric = token_log_prob(int(mx.argmax(clean_trace.logits[0, -1]).item()))
-    clean_value = metric(clean_trace.logits)
-    corrupted_value = metric(_logits(model, corrupted_ids))
+    return corrupted_ids, sources, metric, metric(clean_trace.logits), metric(_logits(model, corrupted_ids))
 
-    positions = [None] if not per_position else list(range(len(clean_ids)))
-    patched = np.zeros((len(layers), len(positions)))
-    for i, path in enumerate(paths):
-        source = clean_trace.activations[path]
-        for j, position in enumerate(positions):
-            edit = _replace_with(source, position)
-            patched[i, j] = metric(_logits(model, corrupted_ids, path, edit))
+
+def recovery_of(patched: np.ndarray, clean_value: float, corrupted_value: float) -> np.ndarray:
+    """(patched - corrupted) / (clean - corrupted), refusing a metric that does not tell the runs apart."""
     denominator = clean_value - corrupted_value
     if abs(denominator) < 1e-8:
         raise TraceError(
             "the metric is the same on the clean and corrupted prompts, so recovery is undefined: "
             "choose prompts (or a metric, e.g. logit_difference) that tell them apart"
         )
-    recovery = (patched - corrupted_value) / denominator
-    squeeze = (lambda a: a[:, 0]) if not per_position else (lambda a: a)
-    return PatchingResult(component, clean_value, corrupted_value, squeeze(patched), squeeze(recovery))
+    return (patched - corrupted_value) / denominator
 
 
 def _replace_with(source: mx.array, position: int | None):
@@ -115,9 +124,12 @@ def _replace_with(source: mx.array, position: int | None):
     return patch_one
 
 
-def _logits(model: "InterpretableModel", ids: list[int], path: str | None = None, edit=None) -> mx.array:
+def _logits(model: "InterpretableModel", ids: list[int], path: str | None = None, edit=None, port=None) -> mx.array:
+    """The logits of `ids` with `edit` applied to the output of `path` (or to `port()`)."""
     with model.trace(ids):
         if path is not None:
             model.module(path).output.edit(edit)
+        if port is not None:
+            port().edit(edit)
         logits = model.output.save()
     return logits.value
