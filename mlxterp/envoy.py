@@ -12,7 +12,7 @@ import mlx.core as mx
 import numpy as np
 
 from .anatomy import get_module, unknown_path_message
-from .attention import SAVE_ONLY_KINDS, check_supported, n_heads
+from .attention import ATTENTION_KINDS, SAVE_ONLY_KINDS, check_supported, n_heads
 from .errors import TraceError
 from .tracing import Edit, EditFn, Interventions, Positions, Saved
 
@@ -143,8 +143,8 @@ class Envoy:
             return EnvoyList(self._model, child, len(value)) if isinstance(value, list) else Envoy(
                 self._model, child
             )
-        if name in ("pattern", "heads", "queries", "keys") and not hasattr(module, name):
-            return attention_port(self._model, self._path, name)
+        if name in ATTENTION_KINDS and (is_attention(self._model, self._path) or not hasattr(module, name)):
+            return attention_port(self._model, self._path, name)  # `keys` also names dict.keys
         if hasattr(module, name):
             return getattr(module, name)
         raise AttributeError(unknown_path_message(self._model.model, child))
@@ -223,10 +223,14 @@ class HeadSaved(Saved):
         return f"Saved({self.path!r}, {self.kind}, {'pending' if not self._heads._chunks else tuple(self.value.shape)})"
 
 
+def is_attention(model: "InterpretableModel", path: str) -> bool:
+    layer = model.anatomy.layer_of(path)
+    return layer is not None and model.anatomy.hook_point(layer, "attn").path == path
+
+
 def attention_port(model: "InterpretableModel", path: str, kind: str) -> Port:
     """`model.layers[i].self_attn.<kind>`: the pattern, queries, keys or per-head outputs."""
-    layer = model.anatomy.layer_of(path)
-    if layer is None or model.anatomy.hook_point(layer, "attn").path != path:
+    if not is_attention(model, path):
         example = model.anatomy.hook_point(0, "attn").path
         raise TraceError(
             f"{kind} belongs to attention modules, and {path or 'the model'!r} is not one: use "
