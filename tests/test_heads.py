@@ -96,7 +96,8 @@ def test_induction_score_arguments_are_checked(model):
 def test_the_default_models_induction_heads_copy(default_model_pair):
     """SmolLM2's top induction heads (docs/causal.md) do the copying: zeroing them raises the loss
     on the repeated half far more than zeroing as many heads of the lowest scores."""
-    model = InterpretableModel(default_model_pair)
+    pair = default_model_pair
+    model = InterpretableModel(pair.model, pair.tokenizer, name=pair.name)
     result = induction_scores(model, seq_len=40, n_sequences=4)
     top = result.top(5)
     assert top[0][2] > 0.5
