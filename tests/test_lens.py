@@ -71,7 +71,7 @@ def test_plot_and_page(model, tmp_path):
     png = plot_logit_lens(lens, tmp_path / "lens.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     page = write_logit_lens_page(lens, tmp_path / "lens.html").read_text()
-    assert page.count("<script>") == 2 and "Logit lens" in page
+    assert page.count("<script>") == 3 and "Logit lens" in page
     record = lens.to_record()
     record["tokens"][0] = "</script><img src=x onerror=alert(1)>"  # a hostile token reaches no markup
     page = render_logit_lens_page(record)

@@ -66,6 +66,7 @@ def render_logit_lens_page(lens: Any, k: int = 5) -> str:
         css=read_template("style.css"),
         lens_css=read_template("lens.css"),
         data=script_json(dict(record)),
+        feature_js=read_template("feature.js"),
         lens_js=read_template("lens.js"),
     )
 

@@ -30,7 +30,7 @@ def test_the_page_draws_the_grid_and_the_hovered_cells_top_tokens(tmp_path):
         assert hits == [HOSTILE.replace(" ", "·"), "·cat"]
         browser.evaluate("document.querySelectorAll('table.lens td')[4].dispatchEvent(new Event('mouseenter'))")
         detail = browser.evaluate("document.querySelector('.lens-detail').textContent")
-        assert "layer 1 · position 1" in detail and "·sat40.0%·b30.0%" in detail
+        assert "layer 1 · position 1" in detail and "·sat40%·b30%" in detail
         assert browser.evaluate("document.querySelectorAll('main img').length") == 0
         assert browser.evaluate("typeof window.lensPwned") == "undefined"
         assert browser.errors == []
