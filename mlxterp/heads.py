@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from .anatomy import get_module
 from .attention import check_supported, n_heads
 from .errors import TraceError
-from .patching import Metric, PatchingResult, _logits, _replace_with, clean_and_corrupted, recovery_of
+from .patching import Metric, PatchingResult, clean_and_corrupted, recovery_of
 
 if TYPE_CHECKING:
     from .model import InterpretableModel
@@ -44,7 +44,8 @@ def head_patching(
     """`activation_patching` head by head: each head's output (before the output projection) from
     the clean run replaces the corrupted run's, one head (and, with `per_position`, one position)
     at a time. `recovery` is (n_layers, n_heads), or (n_layers, n_heads, seq) per position; the
-    row i is `layers[i]` (all layers by default). One forward per layer x head (x position)."""
+    row i is `layers[i]` (all layers by default). One forward per layer (x position), whose batch
+    holds one copy of the corrupted prompt per head, each with its own head patched."""
     layers = list(range(model.n_layers)) if layers is None else [model.anatomy.check_layer(l) for l in layers]
     count = attention_heads(model, layers[0] if layers else 0)
     paths = [model.hook_point(layer, "attn").path for layer in layers]
@@ -52,18 +53,28 @@ def head_patching(
         model, clean, corrupted, metric, lambda: [model.module(path).heads.save() for path in paths])
     positions = [None] if not per_position else list(range(len(corrupted_ids)))
     patched = np.zeros((len(layers), count, len(positions)))
-    bar = tqdm(total=patched.size, desc="head patching", unit="run", disable=not progress)
+    bar = tqdm(total=len(layers) * len(positions), desc="head patching", unit="forward", disable=not progress)
     for i, path in enumerate(paths):
-        for head in range(count):
-            source = sources[i].value[:, :, head]
-            for j, position in enumerate(positions):
-                port = lambda: model.module(path).heads[head]  # noqa: E731 (called inside the trace)
-                patched[i, head, j] = metric(_logits(model, corrupted_ids, edit=_replace_with(source, position), port=port))
-                bar.update()
+        for j, position in enumerate(positions):
+            with model.trace([corrupted_ids] * count):
+                model.module(path).heads.edit(_each_row_one_head(sources[i].value, position), label="patch head")
+                logits = model.output.save()
+            patched[i, :, j] = [metric(logits.value[row:row + 1]) for row in range(count)]
+            bar.update()
     bar.close()
     recovery = recovery_of(patched, clean_value, corrupted_value)
     squeeze = (lambda a: a[..., 0]) if not per_position else (lambda a: a)
     return PatchingResult("heads", clean_value, corrupted_value, squeeze(patched), squeeze(recovery))
+
+
+def _each_row_one_head(source: mx.array, position: int | None):
+    """An edit of per-head outputs (heads, seq, heads, head_dim) in which batch row h takes head h
+    from `source` (1, seq, heads, head_dim), at `position` only or at every position."""
+    count, length = source.shape[2], source.shape[1]
+    chosen = mx.eye(count, dtype=mx.bool_)[:, None, :, None]
+    if position is not None:
+        chosen = chosen & (mx.arange(length) == position)[None, :, None, None]
+    return lambda a: mx.where(chosen, source.astype(a.dtype), a)
 
 
 @dataclass

@@ -124,12 +124,9 @@ def _replace_with(source: mx.array, position: int | None):
     return patch_one
 
 
-def _logits(model: "InterpretableModel", ids: list[int], path: str | None = None, edit=None, port=None) -> mx.array:
-    """The logits of `ids` with `edit` applied to the output of `path` (or to `port()`)."""
+def _logits(model: "InterpretableModel", ids: list[int], path: str | None = None, edit=None) -> mx.array:
     with model.trace(ids):
         if path is not None:
             model.module(path).output.edit(edit)
-        if port is not None:
-            port().edit(edit)
         logits = model.output.save()
     return logits.value

@@ -7,7 +7,7 @@ import pytest
 from mlxterp import InterpretableModel
 from mlxterp.errors import TraceError
 from mlxterp.heads import head_patching, induction_scores, repeated_random_tokens, top_heads
-from mlxterp.patching import activation_patching
+from mlxterp.patching import activation_patching, token_log_prob
 from tiny_models import byte_tokenizer, tiny_model
 
 
@@ -28,6 +28,19 @@ def test_head_patching_per_head_and_per_position(model):
     # position: patching it everywhere is patching it at the last position.
     np.testing.assert_allclose(per_position.recovery[1, :, 3], result.recovery[2], atol=1e-4)
     assert np.any(np.abs(result.recovery) > 1e-3)
+
+
+def test_batched_head_patching_equals_patching_one_head_alone(model):
+    result = head_patching(model, "abcd", "abxd", layers=[1], per_position=True, progress=False)
+    with model.trace("abcd"):
+        clean = model.layers[1].self_attn.heads.save()
+        clean_logits = model.output.save()
+    metric = token_log_prob(int(mx.argmax(clean_logits.value[0, -1]).item()))
+    with model.trace("abxd"):
+        model.layers[1].self_attn.heads[2].set(clean.value[:, 3:4, 2], positions=3)
+        logits = model.output.save()
+    alone = (metric(logits.value) - result.corrupted_metric) / (result.clean_metric - result.corrupted_metric)
+    assert result.recovery[0, 2, 3] == pytest.approx(alone, abs=1e-4)
 
 
 def test_with_one_head_head_patching_is_attention_patching():
