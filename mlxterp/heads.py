@@ -81,9 +81,12 @@ def _each_row_one_head(source: mx.array, position: int | None):
 class InductionScores:
     """Per-head induction scores: `scores[layer, head]` is the mean attention, over the second copy
     of `n_sequences` random sequences of `seq_len` tokens repeated twice, from each token to the
-    token after its earlier occurrence (where an induction head looks). `tokens` are the inputs."""
+    token after its earlier occurrence (where an induction head looks). `previous_token[layer,
+    head]` is the mean attention from each token after the second to the one before it (previous-
+    token heads, the other half of the induction circuit). `tokens` are the inputs."""
 
     scores: np.ndarray
+    previous_token: np.ndarray
     seq_len: int
     n_sequences: int
     tokens: np.ndarray
@@ -121,4 +124,6 @@ def induction_scores(
         patterns = [model.module(model.hook_point(l, "attn").path).pattern.save() for l in range(model.n_layers)]
     keys = mx.array(queries - seq_len + 1)
     scores = [p.value[:, :, mx.array(queries), keys].mean(axis=(0, 2)) for p in patterns]
-    return InductionScores(np.array(mx.stack(scores)), seq_len, n_sequences, tokens)
+    after = mx.arange(2, tokens.shape[1])  # the first token is a sink for many heads: leave it out
+    previous = [p.value[:, :, after, after - 1].mean(axis=(0, 2)) for p in patterns]
+    return InductionScores(np.array(mx.stack(scores)), np.array(mx.stack(previous)), seq_len, n_sequences, tokens)
