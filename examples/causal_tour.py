@@ -28,54 +28,39 @@ top = scores.top(5)
 print("top:", [(l, h, round(s, 3)) for l, h, s in scores.top(6)])
 print("per-layer max:", [round(float(x), 2) for x in scores.scores.max(1)])
 
+print("top previous-token heads:", [(l, h, round(s, 3)) for l, h, s in top_heads(scores.previous_token, 4)])
 tokens = mx.array(scores.tokens)
 half = scores.seq_len
 
 
-def repeat_loss(heads):
-    """Mean next-token loss over the second copy of the random sequences, with `heads` zeroed."""
+def losses(heads):
+    """Mean next-token loss over the first and over the second copy, with `heads` zeroed."""
     with model.trace(tokens):
         for l, h in heads:
             model.layers[l].self_attn.heads[h].zero()
         logits = model.output.save()
-    logp = logits.value[:, -half:-1].astype(mx.float32)
-    logp = logp - mx.logsumexp(logp, axis=-1, keepdims=True)
-    return -float(mx.take_along_axis(logp, tokens[:, -half + 1:, None], axis=-1).mean())
+    logp = logits.value[:, :-1].astype(mx.float32)
+    nll = -(mx.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0] - mx.logsumexp(logp, axis=-1))
+    return round(float(nll[:, 1:half].mean()), 3), round(float(nll[:, -half + 1:].mean()), 3)
 
 
-low = [(int(i // scores.scores.shape[1]), int(i % scores.scores.shape[1])) for i in np.argsort(scores.scores, axis=None)[:5]]
-print(f"loss on the repeated half: {repeat_loss([]):.3f}; top-5 induction heads zeroed "
-      f"{repeat_loss([(l, h) for l, h, _ in top]):.3f}; 5 lowest-scoring heads zeroed {repeat_loss(low):.3f}")
+n_heads = scores.scores.shape[1]
+top_pairs = [(l, h) for l, h, _ in top]
+others = [(i // n_heads, i % n_heads) for i in range(scores.scores.size) if (i // n_heads, i % n_heads) not in top_pairs]
+random = [others[i] for i in np.random.default_rng(0).choice(len(others), 5, replace=False)]
+previous = [(l, h) for l, h, _ in top_heads(scores.previous_token, 5)]
+print("loss (first copy, second copy): none zeroed", losses([]), "| top-5 induction heads", losses(top_pairs),
+      "| 5 random heads", random, losses(random), "| top-5 previous-token heads", previous, losses(previous))
 
 print("## Attention patterns")
 REPEAT = "The cat sat on the mat. The cat sat on the"
 (layer, head, _) = top[0]
 with model.trace(REPEAT) as trace:
     pattern = model.module(model.hook_point(layer, "attn").path).pattern.save()
-    logits = model.output.save()
-tokens = model.to_str_tokens(REPEAT)
+str_tokens = model.to_str_tokens(REPEAT)
 row = np.asarray(pattern)[0, head, -1]  # where the top induction head looks from the last token
-print(f"pattern {pattern.shape}; L{layer}H{head} from the last {tokens[-1]!r}:",
-      [(int(k), tokens[k], round(float(row[k]), 3)) for k in np.argsort(row)[::-1][:3]])
-
-print("## Per-head outputs")
-mat = model.encode(" mat")[0]
-
-
-def p_mat(logits):
-    return float(mx.softmax(logits[0, -1].astype(mx.float32))[mat])
-
-
-with model.trace(REPEAT):
-    for l, h, _ in top:
-        model.layers[l].self_attn.heads[h].zero()
-    ablated = model.output.save()
-with model.trace(REPEAT):
-    for l, h in low:
-        model.layers[l].self_attn.heads[h].zero()
-    control = model.output.save()
-print(f"P(' mat') {p_mat(logits.value):.3f}; top-5 induction heads zeroed {p_mat(ablated.value):.3f}; "
-      f"5 lowest-scoring heads zeroed {p_mat(control.value):.3f}")
+print(f"pattern {pattern.shape}; L{layer}H{head} from the last {str_tokens[-1]!r}:",
+      [(int(k), str_tokens[k], round(float(row[k]), 3)) for k in np.argsort(row)[::-1][:3]])
 
 print("## Residual logit lens")
 lens = residual_logit_lens(model, "The Eiffel Tower is in the city of")
@@ -91,3 +76,9 @@ result = head_patching(model, CLEAN, CORRUPTED, metric=logit_difference(model, "
 print(f"clean {result.clean_metric:.3f} corrupted {result.corrupted_metric:.3f}")
 print("top heads by recovery:", [(l, h, round(r, 3)) for l, h, r in top_heads(result.recovery, 5)])
 print("most negative:", [(l, h, round(-r, 3)) for l, h, r in top_heads(-result.recovery, 3)])
+(layer, head, _) = top_heads(result.recovery, 1)[0]
+mary, john = model.encode(" Mary")[0], model.encode(" John")[0]
+with model.trace(CLEAN):
+    model.layers[layer].self_attn.heads[head].zero()
+    ablated = model.output.save()
+print(f"clean logit diff with L{layer}H{head} zeroed: {float(ablated.value[0, -1, mary] - ablated.value[0, -1, john]):.3f}")
