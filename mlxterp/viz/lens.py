@@ -30,8 +30,12 @@ def lens_record(lens: Any, k: int = 5) -> Mapping[str, Any]:
     return record
 
 
+_MARKS = {" ": "·", "\n": "↵", "\t": "⇥"}
+
+
 def _display(token: str) -> str:
-    return token.replace("\n", "↵").replace(" ", "·") or "∅"
+    """A token as plot text: whitespace as marks, other unprintable characters escaped (no glyph)."""
+    return "".join(_MARKS.get(c, c if c.isprintable() else f"\\x{ord(c):02x}") for c in token) or "∅"
 
 
 def plot_logit_lens(lens: Any, path: str | os.PathLike, annotate: bool = True) -> Path:
