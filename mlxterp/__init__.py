@@ -26,7 +26,7 @@ from .hookpoint import HookPoint
 from .model import InterpretableModel
 from .patching import PatchingResult, activation_patching
 from .sae import SAE, FeatureStats, SAEConfig, SAETrainer, load_sae, train_sae_on_activations
-from .viz import launch_dashboard, visualize_feature
+from .viz import export_neuronpedia, launch_dashboard, visualize_feature
 
 __version__ = "0.1.0"
 __all__ = [
@@ -46,6 +46,7 @@ __all__ = [
     "clamp",
     "compare_generations",
     "evaluate_sae",
+    "export_neuronpedia",
     "feature_stats",
     "get_top_activating_texts",
     "launch_dashboard",

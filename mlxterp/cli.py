@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from .data import load_texts, split_documents
+from .distributed import is_main
 from .errors import MlxterpError
 from .features import collect_dashboard_data, evaluate_sae
 from .io_utils import atomic_write_text
@@ -15,7 +16,7 @@ from .model import InterpretableModel
 from .pipeline import DEFAULT_COMPONENT
 from .platform import use_fast_blas
 from .sae import SAEConfig
-from .viz import check_port, serve_dashboard, write_dashboard
+from .viz import check_port, export_neuronpedia, serve_dashboard, write_dashboard
 
 MODEL_HELP = "model: a Hugging Face repo id, an mlx-lm folder or a .gguf file (default: the embedded SmolLM2-135M-Instruct)"
 DATASET_HELP = "text: a .txt file, a folder of .txt files, or a Hugging Face dataset name like wikitext:wikitext-2-raw-v1:train (default: the bundled corpus)"
@@ -81,7 +82,8 @@ def _train(args, out: Path, texts: list[str]):
 
 def cmd_train(args) -> None:
     _, sae = _train(args, Path(args.out), load_texts(args.dataset))
-    print(f"saved {sae.d_hidden}-latent SAE to {args.out}")
+    if is_main():  # under mlx.launch, rank 0 saved it
+        print(f"saved {sae.d_hidden}-latent SAE to {args.out}")
 
 
 def cmd_evaluate(args) -> None:
@@ -119,6 +121,15 @@ def cmd_dashboard(args) -> None:
     _dashboard(model, sae, load_texts(args.dataset), Path(args.out), args.n_tokens, args.serve, args.port)
 
 
+def cmd_neuronpedia(args) -> None:
+    model = _load_model(args.model)
+    sae = model.load_sae(args.sae)
+    paths = export_neuronpedia(sae, model, load_texts(args.dataset), args.out, model_id=args.model_id,
+                               sae_set=args.sae_set, dataset_name=args.dataset or "", n_tokens=args.n_tokens,
+                               n_features=args.n_features, progress=True)
+    print(f"{len(paths)} Neuronpedia batch files written to {args.out}")
+
+
 def cmd_run(args) -> None:
     """The main job: train on the default model and corpus, evaluate, write a dashboard."""
     if args.serve:
@@ -135,6 +146,17 @@ def cmd_run(args) -> None:
     atomic_write_text(out / "eval.json", json.dumps(metrics, indent=2))
     print(json.dumps(metrics, indent=2))
     _dashboard(model, sae, texts, out / "dashboard", args.dashboard_tokens, args.serve, args.port)
+
+
+def _scan_command(sub, name: str, help: str) -> argparse.ArgumentParser:
+    """A subcommand that scans a dataset with a saved SAE and writes into the folder --out (./name)."""
+    command = sub.add_parser(name, help=help)
+    command.add_argument("sae", help="a saved SAE (e.g. my_sae.mlx)")
+    command.add_argument("--model", help=MODEL_HELP)
+    command.add_argument("--dataset", help=DATASET_HELP)
+    command.add_argument("--out", default=name, help=f"output folder (default ./{name})")
+    command.add_argument("--n-tokens", type=int, default=50_000, help="tokens to scan for examples")
+    return command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -167,15 +189,16 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", help="also write the metrics to this JSON file")
     evaluate.set_defaults(func=cmd_evaluate)
 
-    dashboard = sub.add_parser("dashboard", help="write (and optionally serve) a feature dashboard")
-    dashboard.add_argument("sae", help="a saved SAE (e.g. my_sae.mlx)")
-    dashboard.add_argument("--model", help=MODEL_HELP)
-    dashboard.add_argument("--dataset", help=DATASET_HELP)
-    dashboard.add_argument("--out", default="dashboard", help="output folder (default ./dashboard)")
-    dashboard.add_argument("--n-tokens", type=int, default=50_000, help="tokens to scan for examples")
+    dashboard = _scan_command(sub, "dashboard", "write (and optionally serve) a feature dashboard")
     dashboard.add_argument("--serve", action="store_true", help="serve on localhost after writing")
     dashboard.add_argument("--port", type=int, default=8000, help="port (0 = any free port)")
     dashboard.set_defaults(func=cmd_dashboard)
+
+    neuronpedia = _scan_command(sub, "neuronpedia", "export the features in Neuronpedia's feature JSON")
+    neuronpedia.add_argument("--n-features", type=int, help="export this many features drawn at random (default: all)")
+    neuronpedia.add_argument("--model-id", help="Neuronpedia model id (default: from the model name)")
+    neuronpedia.add_argument("--sae-set", help="Neuronpedia SAE set (default: res-mlxterp, mlp-mlxterp or att-mlxterp)")
+    neuronpedia.set_defaults(func=cmd_neuronpedia)
 
     analyze = sub.add_parser("analyze", help="the top features of a prompt, per token and overall")
     analyze.add_argument("sae", help="a saved SAE (e.g. my_sae.mlx)")

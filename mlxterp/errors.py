@@ -29,3 +29,7 @@ class DataError(MlxterpError, ValueError):
 
 class ContextLengthWarning(UserWarning):
     """An input or a generation runs past the model's context length."""
+
+
+class DistributedError(MlxterpError, RuntimeError):
+    """The ranks of a distributed run (mlx.launch) cannot reach each other or disagree."""

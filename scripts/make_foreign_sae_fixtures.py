@@ -49,7 +49,8 @@ def save_expected(folder: Path, x: torch.Tensor, codes: torch.Tensor, recon: tor
 def saelens_fixtures(x: torch.Tensor) -> None:
     import sae_lens
     from sae_lens import SAE
-    from sae_lens.saes import JumpReLUSAE, JumpReLUSAEConfig, StandardSAE, StandardSAEConfig, TopKSAE, TopKSAEConfig
+    from sae_lens.saes import (GatedSAE, GatedSAEConfig, JumpReLUSAE, JumpReLUSAEConfig, StandardSAE, StandardSAEConfig,
+                               TopKSAE, TopKSAEConfig)
     from sae_lens.saes.sae import SAEMetadata
 
     print(f"SAELens {sae_lens.__version__}")
@@ -65,6 +66,7 @@ def saelens_fixtures(x: torch.Tensor) -> None:
         ("saelens_topk_rescaled", TopKSAE, TopKSAEConfig(d_in=D_MODEL, d_sae=D_HIDDEN, k=6, rescale_acts_by_decoder_norm=True,
                                                          metadata=meta("blocks.0.hook_attn_out")), 3),
         ("saelens_jumprelu", JumpReLUSAE, JumpReLUSAEConfig(d_in=D_MODEL, d_sae=D_HIDDEN, metadata=meta("blocks.3.hook_resid_post")), 4),
+        ("saelens_gated", GatedSAE, GatedSAEConfig(d_in=D_MODEL, d_sae=D_HIDDEN, metadata=meta("blocks.2.hook_mlp_out")), 9),
     ]
     for name, cls, cfg, seed in cases:
         sae = cls(cfg)
@@ -138,30 +140,19 @@ def gemmascope_fixture(x: torch.Tensor) -> None:
         save_expected(folder, x, codes, sae.decode(codes))
 
 
+# Runs in mlxterp's venv: the SAEs of tests/sae/test_export_round_trip.py, their codes and exports.
 EXPORT = r"""
 import json, sys
 import numpy as np, mlx.core as mx
-from mlxterp import SAE
-from mlxterp.hookpoint import HookPoint
+sys.path.insert(0, "tests/sae")
+from test_export_round_trip import CASES, recipe_sae
 out = sys.argv[1]
 x = mx.array(np.load(out + "/x.npy"))
-cases = [("topk_expected_norm", "topk", "expected_norm"), ("relu_standardize", "relu", "standardize"),
-         ("batchtopk", "batchtopk", "none")]
-for name, arch, norm in cases:
-    sae = SAE(16, 64, k=6, architecture=arch, normalization=norm, seed=3)
-    rng = np.random.default_rng(9)
-    sae.b_enc = mx.array(rng.standard_normal(64).astype(np.float32) * 0.2)
-    sae.b_dec = mx.array(rng.standard_normal(16).astype(np.float32) * 0.2)
-    sae.fit_normalization(x * 2 + 1)
-    if arch == "batchtopk":
-        sae.threshold = mx.array(0.4)
-    sae.hook_point = HookPoint(2, "mlp", "model.layers.2.mlp")
-    sae.metadata["model_name"] = "tiny-model"; sae.metadata["context_length"] = 128
-    codes, recon = sae.encode(x), sae(x)
-    np.save(f"{out}/{name}.codes.npy", np.array(codes)); np.save(f"{out}/{name}.recon.npy", np.array(recon))
-    sae.save(f"{out}/{name}.saelens", format="saelens")
-    if arch == "topk":
-        sae.save(f"{out}/{name}.sparsify", format="sparsify")
+open(out + "/cases.json", "w").write(json.dumps(CASES))
+for name, arch, norm, fmt in CASES:
+    sae = recipe_sae(arch, norm, x)
+    np.save(f"{out}/{name}.codes.npy", np.array(sae.encode(x))); np.save(f"{out}/{name}.recon.npy", np.array(sae(x)))
+    sae.save(f"{out}/{name}.{fmt}", format=fmt)
 """
 
 
@@ -169,39 +160,47 @@ def rel(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
 
 
-def round_trip(x: torch.Tensor) -> None:
+def library_codes(folder: str, fmt: str, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray, str]:
+    """(codes, reconstruction, description) of the exported folder as the library loads it."""
     from sae_lens import SAE
     from sparsify import SparseCoder
 
+    with torch.no_grad():
+        if fmt == "saelens":
+            sae = SAE.load_from_disk(folder)
+            codes = sae.encode(x)
+            meta = sae.cfg.metadata
+            about = (f"{sae.cfg.architecture()}, hook {meta.hook_name}, model {meta.model_name}, "
+                     f"context {meta.context_size}")
+            return codes.numpy(), sae.decode(codes).numpy(), about
+        sae = SparseCoder.load_from_disk(folder)
+        enc = sae.encode(x)
+        codes = torch.zeros(N_TOKENS, D_HIDDEN).scatter_(-1, enc.top_indices, enc.top_acts)
+        hook = json.loads(Path(folder, "cfg.json").read_text())["hookpoint"]
+        return codes.numpy(), sae.decode(enc.top_acts, enc.top_indices).numpy(), f"hookpoint {hook}"
+
+
+def round_trip(x: torch.Tensor) -> None:
+    """mlxterp exports, loaded by the libraries: their codes must be mlxterp's. The exports and the
+    libraries' codes are kept in OUT/exported for tests/sae/test_export_round_trip.py."""
     python = ROOT / ".venv" / "bin" / "python"
+    exported = OUT / "exported"
+    shutil.rmtree(exported, ignore_errors=True)
+    exported.mkdir()
     print("round trip (mlxterp export -> library load)")
     with tempfile.TemporaryDirectory() as tmp:
         np.save(f"{tmp}/x.npy", x.numpy())
         subprocess.run([str(python), "-c", EXPORT, tmp], check=True, cwd=ROOT)
-        for name in ("topk_expected_norm", "relu_standardize", "batchtopk"):
+        for name, _, _, fmt in json.loads(Path(tmp, "cases.json").read_text()):
             ours_codes, ours_recon = np.load(f"{tmp}/{name}.codes.npy"), np.load(f"{tmp}/{name}.recon.npy")
-            sae = SAE.load_from_disk(f"{tmp}/{name}.saelens")
-            with torch.no_grad():
-                codes = sae.encode(x)
-                recon = sae.decode(codes).numpy()
-            codes = codes.numpy()
+            codes, recon, about = library_codes(f"{tmp}/{name}.{fmt}", fmt, x)
             same = bool(np.array_equal(codes > 0, ours_codes > 0))
-            print(f"  saelens {name} ({sae.cfg.architecture()}, hook {sae.cfg.metadata.hook_name}, model "
-                  f"{sae.cfg.metadata.model_name}, context {sae.cfg.metadata.context_size}): codes rel err "
-                  f"{rel(codes, ours_codes):.2e}, recon rel err {rel(recon, ours_recon):.2e}, same firing {same}")
+            print(f"  {fmt} {name} ({about}): codes rel err {rel(codes, ours_codes):.2e}, "
+                  f"recon rel err {rel(recon, ours_recon):.2e}, same firing {same}")
             assert same and rel(codes, ours_codes) <= 1e-5 and rel(recon, ours_recon) <= 1e-5
-        sae = SparseCoder.load_from_disk(f"{tmp}/topk_expected_norm.sparsify")
-        ours_codes = np.load(f"{tmp}/topk_expected_norm.codes.npy")
-        ours_recon = np.load(f"{tmp}/topk_expected_norm.recon.npy")
-        with torch.no_grad():
-            enc = sae.encode(x)
-            codes = torch.zeros(N_TOKENS, D_HIDDEN).scatter_(-1, enc.top_indices, enc.top_acts).numpy()
-            recon = sae.decode(enc.top_acts, enc.top_indices).numpy()
-        same = bool(np.array_equal(codes > 0, ours_codes > 0))
-        hook = json.loads(Path(f"{tmp}/topk_expected_norm.sparsify/cfg.json").read_text())["hookpoint"]
-        print(f"  sparsify topk_expected_norm (hookpoint {hook}): codes rel err {rel(codes, ours_codes):.2e}, "
-              f"recon rel err {rel(recon, ours_recon):.2e}, same firing {same}")
-        assert same and rel(codes, ours_codes) <= 1e-5 and rel(recon, ours_recon) <= 1e-5
+            shutil.copytree(f"{tmp}/{name}.{fmt}", exported / f"{name}.{fmt}")
+            np.savez(exported / f"{name}.{fmt}" / "library.npz", x=x.numpy(), codes=codes.astype(np.float32),
+                     recon=recon.astype(np.float32))
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).parents[1] / "mlxterp"
 # Stages of the data flow, top (used by all) to bottom (uses all). A module may import modules
 # of its own stage or of earlier ones, never of a later one.
 STAGES = [
-    {"errors", "io_utils", "platform", "batching"},
+    {"errors", "io_utils", "platform", "batching", "distributed"},
     {"hookpoint", "loading"},
     {"anatomy"},
     {"attention", "tracing", "envoy", "generation", "patching", "heads", "lens"},

@@ -37,6 +37,7 @@ SETUP = {
         3: "held_out_texts = TEXTS[:6]\nsae = model.load_sae('my_sae.mlx')  # block 0's; block 2 trained on arrays",
     },
     "docs/features.md": {1: "texts = TEXTS[:8]", 9: "text = 'The weather today is'"},
+    "docs/distributed.md": {0: "texts = TEXTS"},
     "docs/interop.md": {
         1: "from mlxterp import InterpretableModel, SAEConfig\nmodel = InterpretableModel.default()\n"
            f"sae = model.train_sae(layer=2, dataset=TEXTS, config={SMALL_CONFIG}, progress=False)",
@@ -94,7 +95,7 @@ def quiet_dashboards(monkeypatch):
 
 
 # These train SAEs with the docs' own configs (16x, 4096-token batches): about 30-60 s each.
-TRAINING_DOCS = {"README.md", "docs/sae.md", "docs/features.md"}
+TRAINING_DOCS = {"README.md", "docs/sae.md", "docs/features.md", "docs/distributed.md"}
 
 
 @pytest.mark.parametrize("doc", [pytest.param(d, marks=pytest.mark.slow) if d in TRAINING_DOCS else d for d in DOCS])

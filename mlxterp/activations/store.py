@@ -27,12 +27,13 @@ from ..hookpoint import HookPoint
 from ..io_utils import atomic_path, atomic_write_text
 from .contexts import ContextSettings, pack_texts
 from .norm_limit import within_limit
+from .shards import check_cache_identity
 
 if TYPE_CHECKING:
     from ..model import InterpretableModel
 
 CACHE_FORMAT = "mlxterp.activation_cache"
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # 3: the manifest names the model's fingerprint
 
 
 class ActivationStore:
@@ -131,11 +132,18 @@ class ActivationStore:
         if self.cache_dir is None or not (self.cache_dir / "manifest.json").exists():
             return False
         manifest = json.loads((self.cache_dir / "manifest.json").read_text())
-        return (manifest.get("format") == CACHE_FORMAT and manifest.get("version") == CACHE_VERSION
-                and manifest.get("n_tokens") == self.n_tokens)
+        if manifest.get("format") != CACHE_FORMAT or manifest.get("version") != CACHE_VERSION:
+            return False
+        check_cache_identity(manifest, self._identity(), self.cache_dir)
+        return manifest.get("n_tokens") == self.n_tokens
+
+    def _identity(self) -> dict:
+        return {"model": self.model.name, "model_fingerprint": self.model.fingerprint, "hook": self.hook.to_dict(),
+                "contexts": self.settings.to_dict(), "seed": self.seed, "d_model": self.d_model}
 
     def _chunks_writing_cache(self, order: np.ndarray) -> Iterator[np.ndarray]:
         self.cache_dir.mkdir(parents=True, exist_ok=True)
+        (self.cache_dir / "manifest.json").unlink(missing_ok=True)  # its shards are about to be replaced
         shards = []
         chunks = rebatch(self._model_chunks(order), self.shuffle_buffer_tokens // 4, drop_last=False)
         for i, chunk in enumerate(chunks):
@@ -144,9 +152,8 @@ class ActivationStore:
                 save_file({"activations": np.ascontiguousarray(chunk)}, str(tmp))
             shards.append(name)
             yield chunk
-        manifest = {"format": CACHE_FORMAT, "version": CACHE_VERSION, "model": self.model.name,
-                    "hook": self.hook.to_dict(), "n_tokens": self.n_tokens, "d_model": self.d_model,
-                    "contexts": self.settings.to_dict(), "seed": self.seed, "shards": shards}
+        manifest = {"format": CACHE_FORMAT, "version": CACHE_VERSION, **self._identity(),
+                    "n_tokens": self.n_tokens, "shards": shards}
         atomic_write_text(self.cache_dir / "manifest.json", json.dumps(manifest, indent=1))
 
     def chunks(self) -> Iterator[np.ndarray]:

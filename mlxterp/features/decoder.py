@@ -50,6 +50,8 @@ class LogitLens:
     """A feature's decoder direction read as logits: the tokens it promotes and suppresses.
 
     `peakiness` is the top logit's z-score over the vocabulary (compare `random_baseline`).
+    `histogram` (edges, counts): every vocabulary token's logit, in equal bins from the lowest
+    to the highest (None unless asked for: `logit_lens_many(..., bins=40)`).
     """
 
     feature: int
@@ -57,13 +59,19 @@ class LogitLens:
     bottom: list[tuple[str, float]]
     top_ids: list[int]
     peakiness: float
+    histogram: tuple[np.ndarray, np.ndarray] | None = None
 
     def to_dict(self) -> dict:
-        """{"top": [[token, value], ...], "bottom": [...]}, as feature records store it."""
-        return {
+        """{"top": [[token, value], ...], "bottom": [...]} (and "histogram": {"edges", "counts"}
+        when computed), as feature records store it."""
+        out: dict = {
             "top": [[t, round(float(v), 4)] for t, v in self.top],
             "bottom": [[t, round(float(v), 4)] for t, v in self.bottom],
         }
+        if self.histogram is not None:
+            edges, counts = self.histogram
+            out["histogram"] = {"edges": [float(e) for e in edges], "counts": [int(c) for c in counts]}
+        return out
 
     def __str__(self) -> str:
         top = ", ".join(f"{t!r} {v:.2f}" for t, v in self.top)
@@ -96,8 +104,11 @@ def logit_lens_many(
     model: "InterpretableModel | None" = None,
     k: int = 10,
     apply_norm: bool = True,
+    bins: int = 0,
 ) -> list[LogitLens]:
-    """`logit_lens` of several features, computed `CHUNK` features at a time."""
+    """`logit_lens` of several features, computed `CHUNK` features at a time; with `bins` > 0
+    each also gets the histogram of its logits over the whole vocabulary."""
+    check_logit_bins(bins)
     model = resolve_model(sae, model)
     check_compatible(sae, model)
     indices = check_features(sae, feature_indices)
@@ -105,15 +116,21 @@ def logit_lens_many(
     for start in range(0, len(indices), CHUNK):
         chunk = indices[start : start + CHUNK]
         logits = model.unembed(feature_directions(sae, chunk), apply_norm=apply_norm)
-        out += _lens_rows(model, chunk, logits.astype(mx.float32), k)
+        out += _lens_rows(model, chunk, logits.astype(mx.float32), k, bins)
     return out
 
 
-def _lens_rows(model, indices: np.ndarray, logits: mx.array, k: int) -> list[LogitLens]:
+def check_logit_bins(bins: int, name: str = "logit_bins") -> None:
+    if isinstance(bins, bool) or not isinstance(bins, int) or not 0 <= bins <= 255:
+        raise SAEError(f"{name} must be an integer from 0 (no logit histogram) to 255, got {bins!r}")
+
+
+def _lens_rows(model, indices: np.ndarray, logits: mx.array, k: int, bins: int = 0) -> list[LogitLens]:
     k = min(k, logits.shape[-1])
     top_ids, top_vals = _largest(logits, k)
     bottom_ids, bottom_vals = _largest(-logits, k)
     peak = np.array(_peakiness(logits))
+    histograms = _histograms(logits, bins) if bins else [None] * len(indices)
     decode = model.tokenizer.decode
     return [
         LogitLens(
@@ -122,9 +139,20 @@ def _lens_rows(model, indices: np.ndarray, logits: mx.array, k: int) -> list[Log
             bottom=[(decode([int(t)]), float(-v)) for t, v in zip(bottom_ids[i], bottom_vals[i])],
             top_ids=[int(t) for t in top_ids[i]],
             peakiness=float(peak[i]),
+            histogram=histograms[i],
         )
         for i, f in enumerate(indices)
     ]
+
+
+def _histograms(values: mx.array, bins: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per row of `values` (n, m): (edges (bins+1,), counts (bins,)), equal bins from its min to max."""
+    low, high = mx.min(values, axis=-1, keepdims=True), mx.max(values, axis=-1, keepdims=True)
+    width = mx.maximum(high - low, 1e-30)
+    # Bin ids on the MLX side as one byte each; numpy counts them row by row (a scatter-add is slower).
+    ids = np.array(mx.clip(mx.floor((values - low) / width * bins), 0, bins - 1).astype(mx.uint8))
+    low, high = np.array(low)[:, 0].astype(np.float64), np.array(high)[:, 0].astype(np.float64)
+    return [(np.linspace(lo, hi, bins + 1), np.bincount(row, minlength=bins)) for lo, hi, row in zip(low, high, ids)]
 
 
 def _largest(values: mx.array, k: int) -> tuple[np.ndarray, np.ndarray]:

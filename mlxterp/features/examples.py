@@ -59,6 +59,8 @@ class FeatureExamples:
     feature: int
     top: list[Example]
     bands: list[tuple[str, list[Example]]] = field(default_factory=list)
+    # Per band: (lowest, highest activation, fraction of the feature's sampled activations inside).
+    band_ranges: list[tuple[float, float, float]] = field(default_factory=list)
 
     def __iter__(self) -> Iterator[Example]:
         return iter(self.top)
@@ -190,23 +192,27 @@ class ExampleSet:
         column = self._column[feature]
         top = self.collector.top
         examples = [self._example(top, column, j) for j in top.ranked(column)]
-        return FeatureExamples(feature, examples, self._band_examples(column, examples))
+        return FeatureExamples(feature, examples, *self._band_examples(column, examples))
 
-    def _band_examples(self, column: int, top: list[Example]) -> list[tuple[str, list[Example]]]:
+    def _band_examples(self, column: int, top: list[Example]):
+        """(bands, band_ranges) of FeatureExamples, highest band first."""
         sample = self.collector.sample
         if sample is None or not top:
-            return []
+            return [], []
         peak = top[0].max_activation
+        sampled = sample.token[column] >= 0
         in_top = np.isin(sample.token[column], self.collector.top.token[column])
-        found = np.flatnonzero((sample.token[column] >= 0) & ~in_top)
-        values = sample.value[column, found]
-        out = []
+        found = np.flatnonzero(sampled & ~in_top)
+        values, every = sample.value[column, found], sample.value[column, sampled]
+        out, ranges = [], []
         for low, high in reversed(list(zip(self.bands[:-1], self.bands[1:]))):
             inside = found[(values > low * peak) & (values <= high * peak)]
             inside = inside[np.argsort(-sample.value[column, inside], kind="stable")][: self.per_band]
             examples = [self._example(sample, column, j) for j in inside]
             out.append((f"{low:.0%}–{high:.0%} of max", examples))
-        return out
+            share = np.mean((every > low * peak) & (every <= high * peak))
+            ranges.append((low * peak, high * peak, float(share)))
+        return out, ranges
 
     def _example(self, store: TopPerFeature, column: int, j: int) -> Example:
         token = int(store.token[column, j])

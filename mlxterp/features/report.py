@@ -15,7 +15,7 @@ from ..activations import ContextSettings
 from ..errors import SAEError
 from ..sae.checks import check_features, resolve_model, sae_hook_point
 from ..sae.metrics import FeatureStats
-from .decoder import logit_lens_many, similar_features
+from .decoder import check_logit_bins, logit_lens_many, similar_features
 from .examples import DEFAULT_BANDS, ExampleSet, collect_examples
 from .stats import StatsCollector
 
@@ -41,6 +41,7 @@ def collect_dashboard_data(
     n_similar: int = 5,
     labels: Mapping[int, str] | None = None,
     density_bins: int = 40,
+    logit_bins: int = 0,
     seed: int = 0,
     progress: bool = False,
 ) -> dict:
@@ -56,10 +57,13 @@ def collect_dashboard_data(
         n_tokens, contexts, contexts_per_forward: the scan (see `scan`).
         logit_k: tokens in each logit-lens list; n_similar: nearest features by decoder cosine.
         labels: optional feature -> label text (e.g. from a FeatureSet).
+        logit_bins: > 0 adds each feature's logit histogram over the vocabulary, with that many
+            bins, to its logit lens (what Neuronpedia shows; costs a pass over the vocabulary).
 
     The density histogram covers every feature that fired (log10 frequency); features that
     never fired have frequency 0 in their records.
     """
+    check_logit_bins(logit_bins)
     model = resolve_model(sae, model)
     point = sae_hook_point(sae, model)
     scanned = None if feature_indices is None else check_features(sae, feature_indices)
@@ -81,8 +85,10 @@ def collect_dashboard_data(
         "d_model": int(sae.d_model),
         "d_hidden": int(sae.d_hidden),
         "n_tokens": int(stats.n_tokens),
+        "n_contexts": int(examples.contexts.tokens.shape[0]),
+        "context_length": int(examples.contexts.length),
         "density_histogram": {"edges": [float(e) for e in edges], "counts": [int(c) for c in counts]},
-        "features": feature_records(sae, model, chosen, stats, examples, logit_k, n_similar, labels),
+        "features": feature_records(sae, model, chosen, stats, examples, logit_k, n_similar, labels, logit_bins),
     }
 
 
@@ -95,11 +101,12 @@ def feature_records(
     logit_k: int = 10,
     n_similar: int = 5,
     labels: Mapping[int, str] | None = None,
+    logit_bins: int = 0,
 ) -> list[dict]:
     """One contract feature record per feature, from a scan's statistics and examples."""
     if not len(features):
         return []
-    lenses = logit_lens_many(sae, features, model, k=logit_k)
+    lenses = logit_lens_many(sae, features, model, k=logit_k, bins=logit_bins)
     similar = similar_features(sae, features, n_similar)
     records = []
     for feature, lens, near in zip(features, lenses, similar):
@@ -115,7 +122,9 @@ def feature_records(
             "histogram": {"edges": [float(e) for e in hist_edges], "counts": [int(c) for c in hist_counts]},
             "top_examples": [e.to_dict() for e in found.top],
             "quantile_examples": [
-                {"label": label, "examples": [e.to_dict() for e in band]} for label, band in found.bands
+                {"label": label, "min": float(low), "max": float(high), "contains": float(share),
+                 "examples": [e.to_dict() for e in band]}
+                for (label, band), (low, high, share) in zip(found.bands, found.band_ranges)
             ],
             "logit_lens": lens.to_dict(),
             "similar": [[int(j), round(float(c), 4)] for j, c in near],

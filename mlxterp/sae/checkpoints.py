@@ -46,7 +46,8 @@ def save_checkpoint(trainer: "SAETrainer", path: Path) -> None:
             )
     header = {"sae": sae_spec(trainer.sae), "metadata": trainer.sae.metadata, "config": trainer.config.to_dict(),
               "step": trainer.step, "epoch": trainer.epoch, "batch_in_epoch": trainer.batch_in_epoch,
-              "total_steps": trainer.total_steps, "any_dead": trainer.any_dead, "history": trainer.history}
+              "total_steps": trainer.total_steps, "any_dead": trainer.any_dead, "history": trainer.history,
+              "ranks": trainer.dp.size}
     write_tensors(path, tensors, header, CHECKPOINT_FORMAT, CHECKPOINT_VERSION)
 
 
@@ -57,6 +58,9 @@ def load_checkpoint(trainer: "SAETrainer", path: Path) -> None:
     if header.get("config") != trainer.config.to_dict() or header.get("sae") != sae_spec(trainer.sae):
         raise SAEError(f"the checkpoint {path} belongs to a different SAE or config: {fix}, "
                        "or resume with the same config")
+    if header.get("ranks", 1) != trainer.dp.size:
+        raise SAEError(f"the checkpoint {path} was written by a run on {header.get('ranks', 1)} ranks, this run has "
+                       f"{trainer.dp.size}: resume with as many ranks (mlx.launch -n/--hosts), or {fix}")
     if header.get("total_steps") != trainer.total_steps:
         raise SAEError(f"the checkpoint {path} was laid out for {header.get('total_steps')} steps, "
                        f"this run for {trainer.total_steps}: resume with the same data, epochs and "

@@ -71,3 +71,9 @@ class FeatureToolMethods:
                          port: int = 8000, block: bool = True, **options: Any):
         """Write the feature dashboard and serve it on localhost (`mlxterp.launch_dashboard`)."""
         return _tool("launch_dashboard")(self, model, dataset, out_dir, port, block, **options)
+
+    def export_neuronpedia(self, model: Any = None, dataset: Any = None,
+                           out_dir: str | os.PathLike = "neuronpedia", **options: Any):
+        """Write the features in Neuronpedia's feature JSON (batch files); returns their paths
+        (`mlxterp.export_neuronpedia`)."""
+        return _tool("export_neuronpedia")(self, model, dataset, out_dir, **options)

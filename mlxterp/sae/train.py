@@ -20,10 +20,12 @@ import mlx.optimizers as optim
 import numpy as np
 from tqdm.auto import tqdm
 
+from .. import distributed
 from ..errors import SAEError
 from . import train_data
 from .checkpoints import checkpoint_path, load_checkpoint, save_checkpoint
 from .config import MAX_DEAD_TOKENS_THRESHOLD, SAEConfig
+from .data_parallel import DataParallel
 from .metrics import TRAINING_METRICS, FeatureStats, evaluate_reconstruction
 from .model import SAE
 from .ops import latent_totals
@@ -69,6 +71,9 @@ class SAETrainer:
         self._steps_since_log = 0
         self._bar = None
         self._wandb = None
+        self.dp = DataParallel()  # the ranks of mlx.launch; one rank: every hook is a no-op
+        self.steps_per_epoch: int | None = None
+        self.resumed_from: int | None = None
 
     # -- public API ----------------------------------------------------------------------
     def fit(
@@ -101,10 +106,12 @@ class SAETrainer:
             if val is None and cfg.validation_split > 0:
                 train, val = train_data.split(train, cfg)
         n_tokens = train_data.count_tokens(train, tokens_per_epoch)
-        if n_tokens is not None and n_tokens < cfg.batch_size:
-            raise SAEError(f"the training data holds {n_tokens} tokens, fewer than batch_size="
-                           f"{cfg.batch_size}: lower batch_size or add data")
-        self.total_steps = epochs * (n_tokens // cfg.batch_size) if n_tokens else 0
+        self.steps_per_epoch = self.dp.steps_per_epoch(isinstance(train, mx.array), n_tokens, cfg.batch_size)
+        if (n_tokens is not None and n_tokens < cfg.batch_size) or self.steps_per_epoch == 0:
+            raise SAEError(f"the training data holds {n_tokens} tokens (on rank {self.dp.rank} of {self.dp.size}), "
+                           f"fewer than batch_size={cfg.batch_size} per rank: lower batch_size or add data")
+        steps = self.steps_per_epoch or (n_tokens // cfg.batch_size if n_tokens else 0)
+        self.total_steps = epochs * steps
         if cfg.lr_schedule == "cosine" and not self.total_steps:
             raise SAEError(
                 "the number of training steps is unknown (train is a callable), so the cosine LR "
@@ -115,14 +122,17 @@ class SAETrainer:
         self.optimizer = optim.Adam(learning_rate=self.peak_lr, bias_correction=True)
         self.optimizer.init(self.sae.trainable_parameters())
         first_stream = None
-        if resume and ckpt is not None and ckpt.exists():
-            load_checkpoint(self, ckpt)
+        resuming = resume and ckpt is not None and self.dp.has_checkpoint(ckpt)
+        if resuming:
+            distributed.run_on_main(lambda: load_checkpoint(self, ckpt), f"reading the checkpoint {ckpt}")
             self.optimizer.init(self.sae.trainable_parameters())
         elif self.step == 0:
-            first_stream = self._initialize(train, init_sample)
+            first_stream = distributed.run_on_main(lambda: self._initialize(train, init_sample), "initializing the SAE")
+        self.dp.share_state(self)
+        self.resumed_from = self.step if resuming else None
         self._start_wandb(n_tokens)
         self._bar = tqdm(total=self.total_steps or None, initial=self.step, desc="Training",
-                         disable=not progress, unit="step")
+                         disable=not progress or not self.dp.is_main, unit="step")
         metrics: dict[str, float] = {}
         try:
             with training_cache_limit():
@@ -130,7 +140,8 @@ class SAETrainer:
                 while self.epoch < epochs:
                     if self.batch_in_epoch == 0:
                         self._reset_epoch_stats()
-                    stream = first_stream or train_data.raw_batches(train, self.sae.d_model, cfg, self.epoch)
+                    stream = self.dp.epoch_stream(first_stream, partial(
+                        train_data.raw_batches, train, self.sae.d_model, cfg, self.epoch, self.dp.rank, self.dp.size))
                     first_stream = None
                     if self._run_epoch(stream, ckpt) == 0:
                         raise SAEError(
@@ -138,8 +149,9 @@ class SAETrainer:
                             "a generator is exhausted after one pass, so pass a callable returning a fresh "
                             "iterable per epoch (e.g. lambda: store.batches(n)), or lower batch_size"
                         )
+                    self.dp.sync_act_max(self.counters)
                     metrics = self._log() if self._steps_since_log else (self.history[-1] if self.history else {})
-                    if val is not None:
+                    if val is not None and self.dp.is_main:
                         metrics = {**metrics, **self._validate(val)}
                     self.epoch += 1
                     self.batch_in_epoch = 0
@@ -150,10 +162,13 @@ class SAETrainer:
                 self._wandb = None
         self._record_training(metrics)
         if save_path is not None:
-            self.sae.save(save_path)
-            if ckpt is not None and ckpt.exists():
-                ckpt.unlink()
+            distributed.run_on_main(lambda: self._save_final(save_path, ckpt), f"saving the SAE to {save_path}")
         return metrics
+
+    def _save_final(self, save_path: str | os.PathLike, ckpt: Path | None) -> None:
+        self.sae.save(save_path)
+        if ckpt is not None and ckpt.exists():
+            ckpt.unlink()
 
     def get_stats(self) -> FeatureStats:
         """Per-latent statistics over the current (last) epoch's training tokens.
@@ -166,7 +181,7 @@ class SAETrainer:
 
     # -- the compiled step ---------------------------------------------------------------
     def _build_step(self, with_auxk: bool) -> Callable[[mx.array], None]:
-        sae, opt, cfg, counters = self.sae, self.optimizer, self.config, self.counters
+        sae, opt, cfg, counters, dp = self.sae, self.optimizer, self.config, self.counters, self.dp
         dec_key = "W_enc" if sae.tied_weights else "W_dec"
         d_hidden, k_aux, peak, total = sae.d_hidden, self.k_aux, self.peak_lr, self.total_steps
 
@@ -187,9 +202,15 @@ class SAETrainer:
             dead = since > cfg.dead_tokens_threshold
             lr = lr_at(opt.state["step"], peak, cfg, total)
             (loss, out), grads = loss_and_grad(x, dead)
-            grad_norm = apply_update(sae, opt, grads, lr, dec_key, cfg.gradient_clip)
             fired, act_sum, act_max = latent_totals(mx.stop_gradient(out.top_acts), out.top_indices, d_hidden)
             n = x.shape[0]
+            batch_min = None
+            if sae.architecture == "batchtopk":
+                kept = mx.stop_gradient(out.top_acts)
+                batch_min = mx.min(mx.where(kept > 0, kept, mx.inf))
+            if dp.active:  # one all_sum: the global batch's gradient and firing counts
+                grads, fired, act_sum, n, batch_min = dp.reduce_step(sae, x, grads, fired, act_sum, batch_min)
+            grad_norm = apply_update(sae, opt, grads, lr, dec_key, cfg.gradient_clip)
             counters["tokens_since_fired"] = mx.where(
                 fired > 0, 0, mx.minimum(since + n, MAX_DEAD_TOKENS_THRESHOLD + n))
             counters["fired"] = counters["fired"] + fired
@@ -197,8 +218,6 @@ class SAETrainer:
             counters["act_max"] = mx.maximum(counters["act_max"], act_max)
             counters["epoch_tokens"] = counters["epoch_tokens"] + n
             if sae.architecture == "batchtopk":
-                kept = mx.stop_gradient(out.top_acts)
-                batch_min = mx.min(mx.where(kept > 0, kept, mx.inf))
                 weight = mx.maximum(1.0 / (opt.state["step"].astype(mx.float32)), THRESHOLD_EMA)
                 sae.threshold = mx.where(mx.isinf(batch_min), sae.threshold,
                                          sae.threshold + weight * (batch_min - sae.threshold))
@@ -231,7 +250,7 @@ class SAETrainer:
         cfg = self.config
         ran = 0
         pending = None
-        for x in itertools.islice(train_data.batches(stream, cfg.batch_size), self.batch_in_epoch, None):
+        for x in itertools.islice(train_data.batches(stream, cfg.batch_size), self.batch_in_epoch, self.steps_per_epoch):
             self._steps[self.any_dead](x)
             mx.async_eval(self.sae.state, self.optimizer.state, self.counters)
             # Wait for the previous step only, so at most one step is queued behind the running one.
@@ -246,15 +265,16 @@ class SAETrainer:
             if self.step == 1 or self.step % cfg.log_every == 0:
                 self._log()
             if cfg.resample_dead_every and self.step % cfg.resample_dead_every == 0:
-                resample_dead(self, x)
+                resample_dead(self, self.dp.gather(x))
             if ckpt is not None and cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                 if self._steps_since_log:
                     self._log()  # raises on a NaN loss or input since the last log
-                save_checkpoint(self, ckpt)
+                self.dp.sync_act_max(self.counters)
+                distributed.run_on_main(lambda: save_checkpoint(self, ckpt), f"writing the checkpoint {ckpt}")
         return ran
 
     def _log(self) -> dict[str, float]:
-        sums = np.array(self.counters["metric_sum"], dtype=np.float64)
+        sums = np.array(self.dp.mean_over_ranks(self.counters["metric_sum"]), dtype=np.float64)
         self.counters["metric_sum"] = mx.zeros_like(self.counters["metric_sum"])
         record = dict(zip(STEP_SUMS, (sums / max(self._steps_since_log, 1)).tolist()))
         first = self.step - self._steps_since_log + 1
@@ -325,7 +345,7 @@ class SAETrainer:
     # -- reporting -----------------------------------------------------------------------
     def _start_wandb(self, n_tokens: int | None) -> None:
         cfg = self.config
-        if not cfg.use_wandb:
+        if not cfg.use_wandb or not self.dp.is_main:
             return
         try:
             import wandb
@@ -347,7 +367,8 @@ class SAETrainer:
         self.sae.metadata["training"] = {
             "config": self.config.to_dict(),
             "steps": self.step,
-            "tokens": self.step * self.config.batch_size,
+            "tokens": self.step * self.config.batch_size * self.dp.size,
+            "ranks": self.dp.size,
             "learning_rate": self.peak_lr,
             "final_metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
         }

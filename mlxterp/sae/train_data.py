@@ -59,9 +59,11 @@ def count_tokens(train: TrainData, tokens_per_epoch: int | None) -> int | None:
                    "a list of arrays, or a callable returning an iterable of arrays per epoch")
 
 
-def raw_batches(data: TrainData, d_model: int, config: SAEConfig, epoch: int | None) -> Iterator[mx.array]:
+def raw_batches(data: TrainData, d_model: int, config: SAEConfig, epoch: int | None,
+                rank: int = 0, ranks: int = 1) -> Iterator[mx.array]:
     """Arrays (n_i, d_model) float32 for one epoch; `epoch` seeds the shuffle of array data
-    (None: validation, never shuffled)."""
+    (None: validation, never shuffled). With several `ranks`, an array is cut into global batches
+    of batch_size x ranks tokens and `rank` gets its slice of each (other forms are each rank's own)."""
     name = "train" if epoch is not None else "validation"
     if isinstance(data, (mx.array, np.ndarray)):
         data = as_tokens(data, d_model, name)
@@ -70,7 +72,7 @@ def raw_batches(data: TrainData, d_model: int, config: SAEConfig, epoch: int | N
             return
         order = np.random.default_rng(config.seed + epoch).permutation(data.shape[0])
         bs = config.batch_size
-        for start in range(0, data.shape[0] - bs + 1, bs):
+        for start in range(rank * bs, data.shape[0] - (ranks - rank) * bs + 1, ranks * bs):
             yield data[mx.array(order[start : start + bs])]
         return
     source = data() if callable(data) else data

@@ -26,6 +26,7 @@ CASES = [
     ("saelens_topk", {}, "topk", (1, "mlp")),                  # blocks.1.hook_mlp_out
     ("saelens_topk_rescaled", {}, "topk", (0, "attn")),        # blocks.0.hook_attn_out, acts scaled by ||W_dec||
     ("saelens_jumprelu", {}, "jumprelu", (3, "output")),       # blocks.3.hook_resid_post
+    ("saelens_gated", {}, "jumprelu", (2, "mlp")),             # blocks.2.hook_mlp_out, gated = JumpReLU exactly
     ("sparsify_single/layers.2", {}, "topk", (2, "output")),
     ("sparsify_run", {"hookpoint": "layers.1"}, "topk", (1, "output")),
     ("sparsify_run", {"hookpoint": "layers.1.mlp"}, "topk", (1, "mlp")),
@@ -180,8 +181,8 @@ def test_unknown_folder_lists_the_known_formats(tmp_path):
 
 def test_unsupported_architecture_and_normalization_are_refused(tmp_path):
     folder = copy_fixture(tmp_path, "saelens_standard")
-    edit_cfg(folder, architecture="gated")
-    with pytest.raises(SAEError, match="architecture 'gated' is not supported.*standard, topk, jumprelu"):
+    edit_cfg(folder, architecture="matryoshka_batchtopk")
+    with pytest.raises(SAEError, match="architecture 'matryoshka_batchtopk' is not supported.*standard, topk, jumprelu, gated"):
         load_sae(folder)
     edit_cfg(folder, architecture="standard", normalize_activations="layer_norm")
     with pytest.raises(SAEError, match="normalize_activations='layer_norm' is not supported"):
@@ -204,6 +205,19 @@ def test_shapes_disagreeing_with_the_config_are_refused(tmp_path):
     edit_cfg(sp, d_in=8)
     with pytest.raises(SAEError, match=r"encoder.weight has shape \(64, 16\)"):
         load_sae(sp)
+
+
+def test_gated_sae_reads_as_jumprelu_and_needs_its_gate(tmp_path):
+    sae = load_sae(FIXTURES / "saelens_gated")
+    assert sae.metadata["source"]["architecture"] == "gated"
+    threshold = np.array(sae.threshold)
+    assert (threshold < 0).any() and (threshold > 0).any()  # both signs of b_mag - exp(r_mag) * b_gate occur
+    folder = copy_fixture(tmp_path, "saelens_gated")
+    tensors = load_file(str(folder / "sae_weights.safetensors"))
+    del tensors["b_gate"]
+    save_file(tensors, str(folder / "sae_weights.safetensors"))
+    with pytest.raises(SAEError, match=r"lacks tensor\(s\) \['b_gate'\]"):
+        load_sae(folder)
 
 
 def test_jumprelu_without_threshold_is_refused(tmp_path):

@@ -18,7 +18,8 @@ from .hooknames import SAELENS_HOOK_NAMES, hook_name, parse_hook_name
 
 WEIGHTS = "sae_weights.safetensors"
 # SAELens architecture -> mlxterp's.
-ARCHITECTURES = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu"}
+ARCHITECTURES = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu", "gated": "jumprelu"}
+GATED = ("W_enc", "b_gate", "b_mag", "r_mag", "W_dec", "b_dec")
 # Normalizations SAELens applies at inference (it treats expected_average_only_in as the identity:
 # training folds the scale into the weights).
 IDENTITY_NORMALIZATIONS = ("none", "expected_average_only_in")
@@ -64,15 +65,18 @@ def read(folder: Path) -> Parts:
     d_in, d_sae = config_int(cfg_path, cfg, "d_in"), config_int(cfg_path, cfg, "d_sae")
     tensors = read_safetensors(weights)
     names = ("W_enc", "b_enc", "W_dec", "b_dec") + (("threshold",) if arch == "jumprelu" else ())
+    names = GATED if arch == "gated" else names
     if arch == "jumprelu" and "threshold" not in tensors:
         raise SAEError(f"{weights}: a JumpReLU SAE needs its per-latent 'threshold' tensor and this file has "
                        "none: the download is incomplete or the config names the wrong architecture")
     require(weights, tensors, names)
     source = f"{cfg_path} (d_in={d_in}, d_sae={d_sae})"
     shapes = {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_in), "b_dec": (d_in,),
-              "threshold": (d_sae,)}
+              "threshold": (d_sae,), "b_gate": (d_sae,), "b_mag": (d_sae,), "r_mag": (d_sae,)}
     for name in names:
         check_shape(weights, name, tensors[name], shapes[name], source)
+    if arch == "gated":
+        tensors.update(_gated_as_jumprelu(tensors))
     scaling = tensors.get("scaling_factor")
     if scaling is not None and not np.allclose(scaling, 1.0):
         raise SAEError(f"{weights} has a fine-tuning scaling_factor, which mlxterp does not read: fold it "
@@ -88,8 +92,9 @@ def read(folder: Path) -> Parts:
             norms = np.linalg.norm(W_dec.astype(np.float64), axis=1)
             W_enc, b_enc, W_dec = W_enc * norms[:, None], b_enc * norms, W_dec / norms[:, None]
     hook = cfg.get("hook_name")
-    metadata: dict[str, Any] = {"source": {"format": "saelens", "model_name": cfg.get("model_name"),
-                                           "hook_name": hook, "normalize_activations": norm}}
+    metadata: dict[str, Any] = {"source": {"format": "saelens", "architecture": arch,
+                                           "model_name": cfg.get("model_name"), "hook_name": hook,
+                                           "normalize_activations": norm}}
     if hook:
         layer, component = parse_hook_name(str(hook))
         metadata["hook_point"] = {"layer": layer, "component": component, "path": ""}
@@ -98,6 +103,19 @@ def read(folder: Path) -> Parts:
     return build_parts(ARCHITECTURES[arch], W_enc, b_enc, W_dec, tensors["b_dec"], threshold=tensors.get("threshold"),
                        k=k, subtract_b_dec=bool(cfg.get("apply_b_dec_to_input", True)),
                        input_scale=d_in ** 0.5 if norm == "constant_norm_rescale" else None, metadata=metadata)
+
+
+def _gated_as_jumprelu(t: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A gated SAE's JumpReLU form (Rajamanoharan et al. 2024, gated SAEs with weight sharing).
+
+    SAELens encodes [x W + b_gate > 0] * relu(pre), pre = x W' + b_mag with W' = W e^r_mag. The
+    gate is open exactly when pre > b_mag - e^r_mag b_gate; where that threshold is negative, a
+    closed gate has pre <= threshold < 0 and relu(pre) = 0 anyway. So the codes are those of
+    JumpReLU(W', b_mag, threshold).
+    """
+    scale = np.exp(t["r_mag"].astype(np.float64))
+    return {"W_enc": t["W_enc"].astype(np.float64) * scale, "b_enc": t["b_mag"],
+            "threshold": t["b_mag"].astype(np.float64) - scale * t["b_gate"].astype(np.float64)}
 
 
 def write(sae: Any, folder: Path, W_enc: np.ndarray, b_enc: np.ndarray, W_dec: np.ndarray, b_dec: np.ndarray,
