@@ -12,6 +12,7 @@ import mlx.core as mx
 import numpy as np
 
 from .anatomy import get_module, unknown_path_message
+from .attention import ATTENTION_KINDS, SAVE_ONLY_KINDS, check_supported, n_heads
 from .errors import TraceError
 from .gradients import GradPort
 from .tracing import Edit, EditFn, Interventions, Positions, Saved
@@ -168,6 +169,8 @@ class Envoy:
             return EnvoyList(self._model, child, len(value)) if isinstance(value, list) else Envoy(
                 self._model, child
             )
+        if name in ATTENTION_KINDS and (is_attention(self._model, self._path) or not hasattr(module, name)):
+            return attention_port(self._model, self._path, name)  # `keys` also names dict.keys
         if hasattr(module, name):
             return getattr(module, name)
         raise AttributeError(unknown_path_message(self._model.model, child))
@@ -177,6 +180,90 @@ class Envoy:
 
     def __repr__(self) -> str:
         return f"Envoy({self._path or 'model'!r}: {type(self.module).__name__})"
+
+
+class SaveOnlyPort(Port):
+    """An attention pattern (batch, heads, query, key) or the queries / keys (batch, heads, seq,
+    head_dim) the attention uses: these can be saved, not edited (edit `.heads` instead)."""
+
+    def edit(self, fn: EditFn, positions: Positions = None, label: str | None = None) -> None:
+        layer, attn = self._model.anatomy.layer_of(self._path), self._path.rpartition(".")[2]
+        raise TraceError(
+            f"{self._where()} can be saved, not edited: edit the per-head outputs instead, e.g. "
+            f"model.layers[{layer}].{attn}.heads[0].zero()"
+        )
+
+    __setitem__ = edit
+
+
+class HeadsPort(Port):
+    """Per-head outputs of an attention module, before the output projection: (batch, seq, heads,
+    head_dim). Save and edit them like any activation; `heads[h]` is head h alone."""
+
+    def __init__(self, model: "InterpretableModel", path: str, head: int | None = None):
+        super().__init__(model, path, "heads")
+        self._head = head
+
+    def __getitem__(self, head: int) -> "HeadsPort":
+        count = n_heads(get_module(self._model.model, self._path))
+        if isinstance(head, bool) or not isinstance(head, int) or self._head is not None:
+            raise TraceError(f"index {self._where()} with one head number (an int), got {head!r}")
+        if not -count <= head < count:
+            raise TraceError(
+                f"head {head} is out of range: {self._path} has {count} heads "
+                f"(valid: 0..{count - 1}, or -1 for the last)"
+            )
+        return HeadsPort(self._model, self._path, head % count)
+
+    def save(self) -> Saved:
+        saved = super().save()
+        return saved if self._head is None else HeadSaved(saved, self._head)
+
+    def edit(self, fn: EditFn, positions: Positions = None, label: str | None = None) -> None:
+        if self._head is None or not callable(fn):
+            return super().edit(fn, positions, label)
+        head, where = self._head, self._where()
+        inner = Edit(fn, None, label or f"edit({getattr(fn, '__name__', type(fn).__name__)})")
+
+        def on_head(a: mx.array) -> mx.array:
+            part = a[:, :, head]
+            out = mx.array(a)
+            out[:, :, head] = inner._checked(fn(part), part, f"{where}[{head}]")
+            return out
+
+        super().edit(on_head, positions, f"{inner.label} of head {head}")
+
+
+class HeadSaved(Saved):
+    """One head's outputs (batch, seq, head_dim), read from the saved outputs of all heads."""
+
+    def __init__(self, heads: Saved, head: int):
+        super().__init__(heads.path, f"heads[{head}]")
+        self._heads, self._head = heads, head
+
+    @property
+    def value(self) -> mx.array:
+        return self._heads.value[:, :, self._head]
+
+    def __repr__(self) -> str:
+        return f"Saved({self.path!r}, {self.kind}, {'pending' if not self._heads._chunks else tuple(self.value.shape)})"
+
+
+def is_attention(model: "InterpretableModel", path: str) -> bool:
+    layer = model.anatomy.layer_of(path)
+    return layer is not None and model.anatomy.hook_point(layer, "attn").path == path
+
+
+def attention_port(model: "InterpretableModel", path: str, kind: str) -> Port:
+    """`model.layers[i].self_attn.<kind>`: the pattern, queries, keys or per-head outputs."""
+    if not is_attention(model, path):
+        example = model.anatomy.hook_point(0, "attn").path
+        raise TraceError(
+            f"{kind} belongs to attention modules, and {path or 'the model'!r} is not one: use "
+            f"model.layers[i].{example.rpartition('.')[2]}.{kind} (e.g. {example!r})"
+        )
+    check_supported(get_module(model.model, path), path)
+    return SaveOnlyPort(model, path, kind) if kind in SAVE_ONLY_KINDS else HeadsPort(model, path)
 
 
 class EnvoyList(Sequence):

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Callable
 
 import mlx.core as mx
 import numpy as np
+from tqdm.auto import tqdm
 
 from .errors import TraceError
 
@@ -98,43 +99,57 @@ def activation_patching(
     shows a bar); a list patches only those positions, one at a time (columns in that order).
     """
     layers = list(range(model.n_layers)) if layers is None else [model.anatomy.check_layer(l) for l in layers]
-    clean_ids, corrupted_ids = paired_tokens(model, clean, corrupted)
     paths = [model.hook_point(layer, component).path for layer in layers]
-    with model.trace(clean_ids) as clean_trace:
-        for path in paths:
-            model.module(path).output.save()
-        model.output.save()
-    if metric is None:
-        metric = token_log_prob(mx.argmax(clean_trace.logits[:, -1], axis=-1).tolist())
-    clean_value = float(metric(clean_trace.logits))
-    corrupted_value = float(metric(_logits(model, corrupted_ids)))
-
-    n_tokens = clean_ids.shape[1]
-    positions = {False: [None], True: list(range(n_tokens))}.get(per_position) if isinstance(per_position, bool) \
-        else list(per_position)
-    if not positions or any(not isinstance(p, int) or not -n_tokens <= p < n_tokens for p in positions if p is not None):
-        raise TraceError(f"per_position={per_position!r}: pass True, False or a list of positions of the {n_tokens} tokens")
+    corrupted_ids, sources, metric, clean_value, corrupted_value = clean_and_corrupted(
+        model, clean, corrupted, metric, lambda: [model.module(path).output.save() for path in paths])
+    positions = patch_positions(per_position, corrupted_ids.shape[1])
     patched = np.zeros((len(layers), len(positions)))
-    from tqdm.auto import tqdm
-
     bar = tqdm(total=patched.size, desc=f"patching {component}", unit="forward", disable=not progress, leave=False)
     for i, path in enumerate(paths):
-        source = clean_trace.activations[path]
         for j, position in enumerate(positions):
-            edit = _replace_with(source, position)
+            edit = _replace_with(sources[i].value, position)
             patched[i, j] = float(metric(_logits(model, corrupted_ids, path, edit)))
             bar.update()
         bar.set_postfix(layer=layers[i], best=f"{np.max((patched[: i + 1] - corrupted_value)):+.3f}")
     bar.close()
+    recovery = recovery_of(patched, clean_value, corrupted_value)
+    squeeze = (lambda a: a[:, 0]) if not per_position else (lambda a: a)
+    return PatchingResult(component, clean_value, corrupted_value, squeeze(patched), squeeze(recovery))
+
+
+def clean_and_corrupted(model: "InterpretableModel", clean, corrupted, metric: Metric | None, save):
+    """The common start of patching: the corrupted prompts' token ids (batch, seq), the clean run's
+    values that `save()` declares (a list of saved handles), the metric (default: the
+    log-probability of the clean run's top next token) and its values on the clean and the
+    corrupted prompts."""
+    clean_ids, corrupted_ids = paired_tokens(model, clean, corrupted)
+    with model.trace(clean_ids) as clean_trace:
+        sources = save()
+        model.output.save()
+    if metric is None:
+        metric = token_log_prob(mx.argmax(clean_trace.logits[:, -1], axis=-1).tolist())
+    clean_value = float(metric(clean_trace.logits))
+    return corrupted_ids, sources, metric, clean_value, float(metric(_logits(model, corrupted_ids)))
+
+
+def patch_positions(per_position: bool | list[int], n_tokens: int) -> list[int | None]:
+    """The positions patched one at a time: [None] (all at once), every position, or a list."""
+    positions = {False: [None], True: list(range(n_tokens))}.get(per_position) if isinstance(per_position, bool) \
+        else list(per_position)
+    if not positions or any(not isinstance(p, int) or not -n_tokens <= p < n_tokens for p in positions if p is not None):
+        raise TraceError(f"per_position={per_position!r}: pass True, False or a list of positions of the {n_tokens} tokens")
+    return positions
+
+
+def recovery_of(patched: np.ndarray, clean_value: float, corrupted_value: float) -> np.ndarray:
+    """(patched - corrupted) / (clean - corrupted), refusing a metric that does not tell the runs apart."""
     denominator = clean_value - corrupted_value
     if abs(denominator) < 1e-8:
         raise TraceError(
             "the metric is the same on the clean and corrupted prompts, so recovery is undefined: "
             "choose prompts (or a metric, e.g. logit_difference) that tell them apart"
         )
-    recovery = (patched - corrupted_value) / denominator
-    squeeze = (lambda a: a[:, 0]) if not per_position else (lambda a: a)
-    return PatchingResult(component, clean_value, corrupted_value, squeeze(patched), squeeze(recovery))
+    return (patched - corrupted_value) / denominator
 
 
 def _replace_with(source: mx.array, position: int | None):

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 import mlx.core as mx
 
 from .anatomy import get_module, unknown_path_message
+from .attention import ATTENTION_KINDS, mask_pattern, recompute_attention
 from .errors import NotSavedError, TraceError
 from .gradients import add_zero, declare_metric, run_with_gradients
 
@@ -249,7 +250,9 @@ class Hook:
         runner = self.runner
         if args and (self.path, "input") in runner.touched:
             args = (runner.process(self.path, "input", args[0]), *args[1:])
-        out = self.module(*args, **kwargs)
+        kinds = runner.attention.get(self.path)
+        out = (recompute_attention(self.module, args, kwargs, lambda kind, a: runner.process(self.path, kind, a), kinds)
+               if kinds else self.module(*args, **kwargs))
         if (self.path, "output") in runner.touched:
             out = runner.process(self.path, "output", out)
         if self.path == runner.stop_path:
@@ -272,6 +275,10 @@ class HookedRun:
         self.touched = set(interventions.saves) | set(interventions.edits) | set(interventions.grads)
         self.deltas: dict | None = None  # gradients.py: zeros added at the gradient points
         self.shapes: dict = {}
+        self.attention: dict[str, set[str]] = {}  # attention module path -> kinds asked of it
+        for path, kind in self.touched:
+            if kind in ATTENTION_KINDS:
+                self.attention.setdefault(path, set()).add(kind)
 
     def process(self, path: str, kind: str, array: mx.array) -> mx.array:
         key = (path, kind)
@@ -390,6 +397,8 @@ class Trace(InterventionBlock):
                 self.activations[path] = saved.value
             elif kind == "input":
                 self.inputs[path] = saved.value
+            elif kind == "pattern":
+                saved._chunks = [mask_pattern(saved.value, self.mask)]
 
     def _forward(self, runner: HookedRun) -> mx.array | None:
         with runner.installed(self.model.model):
