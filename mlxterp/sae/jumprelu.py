@@ -66,10 +66,16 @@ def l0_penalty(l0: mx.array, target: int) -> mx.array:
 
 
 def initial_threshold(pre: mx.array, k: int) -> mx.array:
-    """The value above which the (n, d_hidden) pre-activations `pre` of an initialization sample
-    keep n*k entries, so that training starts at an L0 of k (BatchTopK's threshold of the sample)."""
-    n_keep = min(pre.shape[0] * k, pre.size)
-    return mx.min(mx.topk(pre.reshape(-1), n_keep))
+    """The value above which the (n, d_hidden) ReLU pre-activations `pre` of an initialization
+    sample keep n*k entries, so that training starts at an L0 of k (BatchTopK's threshold of the
+    sample). A target that even a zero threshold cannot reach raises SAEError."""
+    positive = float(mx.mean(mx.sum(pre > 0, axis=-1).astype(mx.float32)))
+    if positive < (1 - L0_TOLERANCE) * k:
+        raise SAEError(
+            f"the JumpReLU L0 target k={k} cannot be met: with no threshold at all only {positive:.1f} of the "
+            f"{pre.shape[-1]} latents fire per token at initialization (a ReLU encoder fires about half of "
+            "them), and a threshold only removes activations: lower k, or raise expansion_factor")
+    return mx.min(mx.topk(pre.reshape(-1), min(pre.shape[0] * k, pre.size)))
 
 
 def check_l0(l0: float, target: int, coefficient: float, steps: int) -> None:
