@@ -14,8 +14,10 @@ thresholds toward an L0 of k):
     python benchmarks/sae_architectures.py --skip-smollm2 --epochs 64
     python benchmarks/sae_architectures.py --skip-synthetic --train-tokens 0 --min-train-tokens 1000000
 
-The defaults are small budgets for a shared 2-core CPU (see benchmarks/README.md for what they
-gave); `--train-tokens 0` uses every training article as sae_smollm2.py does by default.
+The defaults are small budgets for a shared 2-core CPU (12,288 training tokens, 4x expansion,
+batches of 1,024 tokens so that 200k tokens are ~200 steps; see benchmarks/README.md for what
+they gave); `--train-tokens 0 --expansion-factor 16 --batch-size 4096 --min-train-tokens 1000000`
+is the budget of sae_smollm2.py's own figures.
 """
 
 from __future__ import annotations
@@ -30,8 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 ARCHITECTURES = {
     "topk": {},
     "batchtopk": {"architecture": "batchtopk"},
-    "jumprelu": {"architecture": "jumprelu"},
     "matryoshka": {"architecture": "matryoshka_batchtopk"},
+    "jumprelu": {"architecture": "jumprelu"},  # last: a missed L0 target stops the run with an error
 }
 
 
@@ -41,8 +43,10 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=16, help="synthetic: epochs of 65,536 samples")
     parser.add_argument("--train-tokens", type=int, default=12288, help="SmolLM2: training tokens captured")
     parser.add_argument("--heldout-tokens", type=int, default=4096)
-    parser.add_argument("--min-train-tokens", type=int, default=250_000, help="SmolLM2: tokens each SAE trains on")
+    parser.add_argument("--min-train-tokens", type=int, default=200_000, help="SmolLM2: tokens each SAE trains on")
     parser.add_argument("--ce-contexts", type=int, default=0)
+    parser.add_argument("--expansion-factor", type=int, default=4, help="SmolLM2: latents per dimension")
+    parser.add_argument("--batch-size", type=int, default=1024, help="SmolLM2: tokens per step")
     parser.add_argument("--skip-synthetic", action="store_true")
     parser.add_argument("--skip-smollm2", action="store_true")
     parser.add_argument("--out", default="benchmarks/results/sae_architectures")
@@ -56,11 +60,11 @@ def main() -> None:
     if not args.skip_smollm2:
         cmd = [ROOT / "benchmarks" / "sae_smollm2.py", "--no-default", "--no-sparsify", "--out", str(out / "smollm2"),
                "--heldout-tokens", str(args.heldout_tokens), "--min-train-tokens", str(args.min_train_tokens),
-               "--ce-contexts", str(args.ce_contexts)]
+               "--ce-contexts", str(args.ce_contexts), "--expansion-factor", str(args.expansion_factor)]
         if args.train_tokens:
             cmd += ["--train-tokens", str(args.train_tokens)]
         for name, overrides in ARCHITECTURES.items():
-            cmd += ["--mlxterp", f"{name}={json.dumps(overrides)}"]
+            cmd += ["--mlxterp", f"{name}={json.dumps({**overrides, 'batch_size': args.batch_size})}"]
         run(cmd)
 
 
