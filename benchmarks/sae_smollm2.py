@@ -84,6 +84,8 @@ def main() -> None:
     parser.add_argument("--mlxterp", action="append", default=[], metavar="NAME=JSON",
                         help="also train an mlxterp SAE with these SAEConfig overrides (repeatable)")
     parser.add_argument("--cache-dir", default=None, help="activation cache (default: <out>/activation_cache)")
+    parser.add_argument("--train-tokens", type=int, default=None,
+                        help="cap the training tokens captured (default: every token of the training articles)")
     parser.add_argument("--heldout-tokens", type=int, default=None,
                         help="cap the held-out tokens (default: every token of the held-out articles)")
     parser.add_argument("--no-default", action="store_true", help="skip the mlxterp SAE with the defaults")
@@ -113,7 +115,8 @@ def main() -> None:
     start = time.perf_counter()
     cache_dir = Path(args.cache_dir) if args.cache_dir else out / "activation_cache"
     hook = model.hook_point(args.layer, "output")
-    store = ActivationStore(model, train_texts, hook, config.contexts, cache_dir=cache_dir, seed=config.seed)
+    store = ActivationStore(model, train_texts, hook, config.contexts, cache_dir=cache_dir, seed=config.seed,
+                            max_tokens=args.train_tokens)
     every = np.concatenate(list(store.chunks()))
     # As train_sae does (there from a sample): tokens above max_norm_ratio x the median norm, the
     # attention sinks, are left out.
@@ -137,6 +140,8 @@ def main() -> None:
     def evaluate(sae: SAE) -> dict:
         metrics = evaluate_reconstruction(sae, (held[i:i + 4096] for i in range(0, len(held), 4096)))
         n = min(args.ce_contexts, len(held_store.contexts))
+        if n == 0:  # --ce-contexts 0: reconstruction metrics only
+            return metrics
         metrics.update(downstream_metrics(sae, model, held_store.contexts[:n], held_store.keep[:n],
                                           hook, config.drop_first_tokens))
         return metrics
@@ -171,7 +176,7 @@ def main() -> None:
         results[name] = {**info, **{f"heldout_{k}": v for k, v in metrics.items()}}
         print(f"{name}: held-out FVU {metrics['fvu']:.4f} (EV {metrics['explained_variance']:.3f}), "
               f"never firing {100 * metrics['dead_fraction']:.2f}%, dense {100 * metrics['dense_fraction']:.2f}%, "
-              f"CE recovered {metrics['ce_loss_recovered']:.3f} ({time.perf_counter() - start:.0f}s)", flush=True)
+              f"L0 {metrics['l0']:.1f}, CE recovered {metrics.get('ce_loss_recovered', float('nan')):.3f} ({time.perf_counter() - start:.0f}s)", flush=True)
 
     report = {
         "model": model.name, "layer": args.layer, "component": "output (residual stream)",
@@ -181,15 +186,16 @@ def main() -> None:
     }
     atomic_write_text(out / "sae_smollm2.json", json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
+    nan = float("nan")
     print(f"\nheld-out tokens: {len(held):,}; training tokens per SAE: {epochs} epochs x {len(train_acts):,}")
     print("| SAE | held-out FVU | EV | L0 | never firing | dense (>10%) | CE clean / with SAE / zero-abl. | CE recovered | KL |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, r in results.items():
         print(f"| {name} | {r['heldout_fvu']:.4f} | {r['heldout_explained_variance']:.3f} | {r['heldout_l0']:.1f} | "
               f"{100 * r['heldout_dead_fraction']:.2f}% | {100 * r['heldout_dense_fraction']:.2f}% | "
-              f"{r['heldout_ce_loss_clean']:.3f} / {r['heldout_ce_loss_with_sae']:.3f} / "
-              f"{r['heldout_ce_loss_zero_ablation']:.3f} | {r['heldout_ce_loss_recovered']:.3f} | "
-              f"{r['heldout_kl_div_with_sae']:.3f} |")
+              f"{r.get('heldout_ce_loss_clean', nan):.3f} / {r.get('heldout_ce_loss_with_sae', nan):.3f} / "
+              f"{r.get('heldout_ce_loss_zero_ablation', nan):.3f} | {r.get('heldout_ce_loss_recovered', nan):.3f} | "
+              f"{r.get('heldout_kl_div_with_sae', nan):.3f} |")
     for name, r in results.items():
         if "sae_train_tokens_per_s" in r:
             print(f"{name}: trained {r['trained_tokens']:,} tokens in {r['sae_train_seconds']:.0f}s "

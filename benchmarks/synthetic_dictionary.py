@@ -9,7 +9,8 @@ same peak LR and epochs. Reported per case and SAE:
 - mmcs: mean over true atoms of the max cosine between the atom and any decoder row;
 - mmcs_freq: the same over the frequent atoms only (firing on at least half the uniform rate,
   k_mean / n_atoms / 2; every atom in the uniform cases);
-- fvu: fraction of variance unexplained on 8,192 held-out samples.
+- fvu: fraction of variance unexplained on 8,192 held-out samples;
+- l0, dead (mlxterp SAEs): active latents per held-out sample, latents that never fire on them.
 
 SAEs:
 - `plain`: a ~30-line TopK SAE written below (Adam, constant LR, unit-norm decoder rows with the
@@ -45,6 +46,7 @@ import mlx.optimizers as optim  # noqa: E402
 import numpy as np  # noqa: E402
 
 from mlxterp.sae.config import SAEConfig  # noqa: E402
+from mlxterp.sae.metrics import evaluate_reconstruction  # noqa: E402
 from mlxterp.sae.train import train_sae_on_activations  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,6 +97,10 @@ VARIANTS: dict[str, dict] = {
     "constant_no_norm": {"lr_schedule": "constant", "normalize_input": False},
     "constant_b_dec_mean": {"lr_schedule": "constant", "b_dec_init": "mean"},
     "constant_no_auxk": {"lr_schedule": "constant", "auxk_coefficient": 0.0},
+    # Architectures at the same k: TopK (the default), BatchTopK, JumpReLU (L0 target k), Matryoshka.
+    "batchtopk": {"architecture": "batchtopk"},
+    "jumprelu": {"architecture": "jumprelu"},
+    "matryoshka": {"architecture": "matryoshka_batchtopk"},
     "constant_bare": {"lr_schedule": "constant", "warmup_steps": 0, "gradient_clip": None, "b_dec_init": "mean",
                       "normalize_input": False, "auxk_coefficient": 0.0},
 }
@@ -205,7 +211,8 @@ def run_mlxterp(case: Case, data: dict, overrides: dict, seed: int):
     cfg.update(overrides)
     sae = train_sae_on_activations(data["train"], SAEConfig(**cfg), progress=False)
     recon = np.array(sae(mx.array(data["held_out"])))
-    return np.array(sae.W_dec), recon
+    held = evaluate_reconstruction(sae, [data["held_out"]])
+    return np.array(sae.W_dec), recon, {"l0": held["l0"], "dead": held["dead_fraction"]}
 
 
 def run_sparsify(case: Case, data: dict, seed: int, python: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -252,6 +259,7 @@ def main() -> None:
                 runs.append(("sparsify", None))
             for name, overrides in runs:
                 start = time.perf_counter()
+                extra = {}
                 if name.startswith("plain"):
                     w_dec, recon_fn = plain_topk(data["train"], case.n_atoms, case.k, case.lr, case.epochs, seed,
                                                  bias_correction=name == "plain_bc")
@@ -259,13 +267,15 @@ def main() -> None:
                 elif name == "sparsify":
                     w_dec, recon = run_sparsify(case, data, seed, Path(args.sparsify_python))
                 else:
-                    w_dec, recon = run_mlxterp(case, data, overrides, seed)
+                    w_dec, recon, extra = run_mlxterp(case, data, overrides, seed)
                 row = {"case": case.name, "seed": seed, "sae": name, "seconds": time.perf_counter() - start,
-                       **score(data["atoms"], data["frequency"], case, w_dec, recon, data["held_out"])}
+                       **score(data["atoms"], data["frequency"], case, w_dec, recon, data["held_out"]), **extra}
                 rows.append(row)
                 print(f"{case.name:28s} seed {seed} {name:28s} mmcs {row['mmcs']:.4f}  "
                       f"mmcs_freq {row['mmcs_freq']:.4f} (n={row['n_freq']}, >0.99: "
-                      f"{100 * row['frac_freq_above_0.99']:.0f}%)  fvu {row['fvu']:.4f}  {row['seconds']:.1f}s",
+                      f"{100 * row['frac_freq_above_0.99']:.0f}%)  fvu {row['fvu']:.4f}  "
+                      f"l0 {row.get('l0', float('nan')):.2f}  dead {100 * row.get('dead', float('nan')):.1f}%  "
+                      f"{row['seconds']:.1f}s",
                       flush=True)
     print(f"total {time.perf_counter() - start_all:.0f}s")
     out = Path(args.out)
@@ -273,13 +283,14 @@ def main() -> None:
     out.write_text(json.dumps({"cases": [asdict(c) for c in cases], "variants": {v: VARIANTS[v] for v in args.variants},
                                "rows": rows}, indent=2, default=str))
     # Summary: mean over seeds.
-    print("\n| case | SAE | mmcs | mmcs (frequent) | FVU |\n| --- | --- | --- | --- | --- |")
+    print("\n| case | SAE | mmcs | mmcs (frequent) | FVU | L0 | dead |\n| --- | --- | --- | --- | --- | --- | --- |")
     for case in cases:
         names = list(dict.fromkeys(r["sae"] for r in rows if r["case"] == case.name))
         for name in names:
             sel = [r for r in rows if r["case"] == case.name and r["sae"] == name]
-            mean = {k: np.mean([r[k] for r in sel]) for k in ("mmcs", "mmcs_freq", "fvu")}
-            print(f"| {case.name} | {name} | {mean['mmcs']:.4f} | {mean['mmcs_freq']:.4f} | {mean['fvu']:.4f} |")
+            mean = {k: np.mean([r.get(k, np.nan) for r in sel]) for k in ("mmcs", "mmcs_freq", "fvu", "l0", "dead")}
+            print(f"| {case.name} | {name} | {mean['mmcs']:.4f} | {mean['mmcs_freq']:.4f} | {mean['fvu']:.4f} | "
+                  f"{mean['l0']:.2f} | {100 * mean['dead']:.1f}% |")
 
 
 if __name__ == "__main__":

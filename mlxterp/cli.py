@@ -16,6 +16,7 @@ from .model import InterpretableModel
 from .pipeline import DEFAULT_COMPONENT
 from .platform import use_fast_blas
 from .sae import SAEConfig
+from .sae.config import ARCHITECTURES
 from .viz import check_port, export_neuronpedia, serve_dashboard, write_dashboard
 
 MODEL_HELP = "model: a Hugging Face repo id, an mlx-lm folder or a .gguf file (default: the embedded SmolLM2-135M-Instruct)"
@@ -51,7 +52,7 @@ def _add_training_args(parser: argparse.ArgumentParser, max_tokens: int | None =
                              "residual stream after the block)")
     parser.add_argument("--expansion-factor", type=int, help="latents per input dimension (default 16)")
     parser.add_argument("--k", type=int, help="active latents per token (default 32)")
-    parser.add_argument("--architecture", choices=["topk", "batchtopk", "relu"])
+    parser.add_argument("--architecture", choices=ARCHITECTURES, help="k is the L0 target for jumprelu")
     parser.add_argument("--epochs", type=int, default=epochs,
                         help=f"passes over the training tokens (default: {epochs or 'SAEConfig.num_epochs'}; "
                              "epochs after the first read the activation cache)")

@@ -10,9 +10,10 @@ from typing import Any
 from ..activations.contexts import ContextSettings
 from ..errors import DataError, SAEError
 
-ARCHITECTURES = ("topk", "batchtopk", "relu")
-# JumpReLU (Rajamanoharan et al. 2024) is inference-only: pretrained SAEs and converted BatchTopK ones.
-INFERENCE_ARCHITECTURES = ARCHITECTURES + ("jumprelu",)
+ARCHITECTURES = ("topk", "batchtopk", "relu", "jumprelu", "matryoshka_batchtopk")
+INFERENCE_ARCHITECTURES = ARCHITECTURES
+# JumpReLU's pseudo-derivative kernel width, in the normalized input space (pre-activations ~ 1).
+DEFAULT_BANDWIDTH = 0.2
 NORMALIZATION_SCHEMES = ("none", "expected_norm", "standardize", "unit_norm")
 LR_SCHEDULES = ("cosine", "constant")
 B_DEC_INITS = ("geometric_median", "mean", "zeros")
@@ -49,6 +50,9 @@ class SAEConfig:
     b_dec_init: str = "geometric_median"
     # Loss
     l1_coefficient: float = 0.1
+    l0_coefficient: float = 1.0
+    jumprelu_bandwidth: float = DEFAULT_BANDWIDTH
+    matryoshka_prefixes: tuple[int, ...] = field(default_factory=tuple)
     auxk_coefficient: float = 1 / 32
     k_aux: int | None = None
     dead_tokens_threshold: int = 1_000_000
@@ -84,6 +88,9 @@ class SAEConfig:
         resolve_normalization(self.normalize_input)
         _choice(self, "b_dec_init", B_DEC_INITS)
         _non_negative_float(self, "l1_coefficient")
+        _positive_float(self, "l0_coefficient")
+        _positive_float(self, "jumprelu_bandwidth")
+        _prefixes(self)
         _non_negative_float(self, "auxk_coefficient")
         _positive_int(self, "k_aux", optional=True)
         _positive_int(self, "dead_tokens_threshold")
@@ -157,6 +164,7 @@ class SAEConfig:
         """A JSON-able dict of every field."""
         out = dataclasses.asdict(self)
         out["wandb_tags"] = list(self.wandb_tags)
+        out["matryoshka_prefixes"] = list(self.matryoshka_prefixes)
         return out
 
     @classmethod
@@ -211,6 +219,24 @@ def _non_negative_float(cfg: SAEConfig, name: str) -> None:
 def _bool(cfg: SAEConfig, name: str) -> None:
     if not isinstance(getattr(cfg, name), bool):
         raise SAEError(f"{name} must be True or False, got {getattr(cfg, name)!r}")
+
+
+def _prefixes(cfg: SAEConfig) -> None:
+    # The bound by d_hidden is checked where d_model is known (sae.matryoshka.resolve_prefixes).
+    prefixes = cfg.matryoshka_prefixes
+    example = "e.g. (576, 2304) for 9216 latents; the whole dictionary is always the last level"
+    if isinstance(prefixes, (str, int)) or not all(isinstance(p, int) and not isinstance(p, bool)
+                                                   for p in prefixes):
+        raise SAEError(f"matryoshka_prefixes must be a list of latent counts, {example}; got {prefixes!r}")
+    prefixes = tuple(prefixes)
+    if prefixes and cfg.architecture != "matryoshka_batchtopk":
+        raise SAEError(f"matryoshka_prefixes={list(prefixes)} only applies to architecture="
+                       f"'matryoshka_batchtopk' (this config trains {cfg.architecture!r}): drop it or "
+                       "change the architecture")
+    if any(p < 1 for p in prefixes) or any(b <= a for a, b in zip(prefixes, prefixes[1:])):
+        raise SAEError(f"matryoshka_prefixes must be positive and strictly increasing (each level a "
+                       f"larger prefix of the dictionary), {example}; got {list(prefixes)}")
+    object.__setattr__(cfg, "matryoshka_prefixes", prefixes)
 
 
 def _choice(cfg: SAEConfig, name: str, choices: tuple[str, ...]) -> None:

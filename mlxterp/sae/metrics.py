@@ -25,6 +25,8 @@ TRAINING_METRICS = {
     "recon_loss": "reconstruction MSE (normalized space)",
     "auxk_loss": "AuxK loss (dead latents)",
     "l1_loss": "L1 of the codes (scale-free)",
+    "l0_loss": "L0 penalty (JumpReLU): (l0 / k - 1)^2",
+    "prefix_fvu": "mean FVU of the nested prefixes (Matryoshka)",
     "l0": "active features per token",
     "dead_fraction": "dead-feature fraction",
     "grad_norm": "gradient norm (before clipping)",

@@ -1,4 +1,4 @@
-"""The sparse autoencoder: TopK (default), BatchTopK, ReLU+L1 or JumpReLU (inference), input normalization built in."""
+"""The sparse autoencoder (TopK, BatchTopK, ReLU+L1, JumpReLU, Matryoshka BatchTopK), input normalization built in."""
 
 from __future__ import annotations
 
@@ -15,11 +15,12 @@ from ..errors import SAEError
 from ..hookpoint import HookPoint
 from . import normalize as norm
 from .checks import compatibility_problems
-from .config import B_DEC_INITS, INFERENCE_ARCHITECTURES, SAEConfig, resolve_normalization
+from .config import B_DEC_INITS, DEFAULT_BANDWIDTH, INFERENCE_ARCHITECTURES, SAEConfig, resolve_normalization
 from .entry_points import FeatureToolMethods
 from .formats import write_foreign
 from .io import SAE_FORMAT, SAE_FORMAT_VERSION, library_version, read_tensors, sae_spec, sae_tensors, write_tensors
-from .ops import batch_topk, geometric_median, unit_rows
+from .matryoshka import nested_decode
+from .ops import dense_codes, geometric_median, unit_rows
 from .sparse_ops import sparse_decode, topk_encode
 
 
@@ -31,7 +32,8 @@ class ForwardOutput(NamedTuple):
     Scalars (names as in sae.metrics.TRAINING_METRICS): l0 (mean active latents per token),
     recon_loss (squared error, mean per element), fvu (squared error / total variance of the
     batch), auxk_loss (0 without dead latents), l1_loss (mean summed activation per token over
-    the batch's RMS centred norm, so it is scale-free like fvu).
+    the batch's RMS centred norm, so it is scale-free like fvu). JumpReLU's l0 carries the threshold's
+    pseudo-derivative. prefix_fvu (levels,): with `prefixes`, the FVU of each nested prefix.
     """
 
     sae_out: mx.array
@@ -42,6 +44,7 @@ class ForwardOutput(NamedTuple):
     fvu: mx.array
     auxk_loss: mx.array
     l1_loss: mx.array
+    prefix_fvu: mx.array | None = None
 
 
 class Reconstruction(NamedTuple):
@@ -98,7 +101,7 @@ class SAE(FeatureToolMethods, nn.Module):
         self.b_dec = mx.zeros((d_model,))
         self.threshold = mx.zeros((d_hidden,)) if architecture == "jumprelu" else mx.array(0.0)
         self.norm_stats = norm.identity_stats(self.normalization, d_model)
-        self.freeze(keys=["threshold", "norm_stats"], recurse=False)
+        self.freeze(keys=["norm_stats"] if architecture == "jumprelu" else ["threshold", "norm_stats"], recurse=False)
         object.__setattr__(self, "_metadata", {})
         self._sync_metadata()
 
@@ -277,31 +280,31 @@ class SAE(FeatureToolMethods, nn.Module):
         if self.architecture == "topk":
             return topk_encode(centred, self.W_enc, self.b_enc, self.k)
         acts = self._pre_acts(centred)
-        if self.architecture in ("batchtopk", "jumprelu"):
+        if self.architecture in ("batchtopk", "jumprelu", "matryoshka_batchtopk"):
             acts = mx.where(acts > self.threshold, acts, 0.0)
         return acts, None
 
     def to_jumprelu(self) -> "SAE":
-        """A JumpReLU copy of this BatchTopK SAE: its learned scalar threshold becomes every
-        latent's threshold, so the codes are identical (what SAELens saves BatchTopK SAEs as)."""
-        if self.architecture != "batchtopk":
+        """A JumpReLU copy of this (Matryoshka) BatchTopK SAE: its learned scalar threshold becomes
+        every latent's threshold, so the codes are identical (what SAELens saves BatchTopK SAEs as)."""
+        if self.architecture not in ("batchtopk", "matryoshka_batchtopk"):
             raise SAEError(f"only a 'batchtopk' SAE converts to JumpReLU, this one is {self.architecture!r}")
         spec = {**sae_spec(self), "architecture": "jumprelu"}
         tensors = {**sae_tensors(self), "threshold": mx.full((self.d_hidden,), self.threshold)}
         sae = SAE.from_parts(spec, tensors, "this SAE")
-        sae.metadata = {**self._metadata, "converted_from": "batchtopk"}
+        sae.metadata = {**self._metadata, "converted_from": self.architecture}
         return sae
 
     # -- training ------------------------------------------------------------------------
-    def forward(self, x: mx.array, dead_mask: mx.array | None = None, k_aux: int | None = None) -> ForwardOutput:
+    def forward(self, x: mx.array, dead_mask: mx.array | None = None, k_aux: int | None = None,
+                bandwidth: float = DEFAULT_BANDWIDTH, prefixes: tuple[int, ...] | None = None) -> ForwardOutput:
         """Training pass over raw activations (..., d_model), flattened to n tokens.
 
         `dead_mask` (d_hidden,) bool marks dead latents; with it, the top `k_aux` of their
         pre-activations must reconstruct the residual (AuxK, Gao et al. 2024), scaled by
-        min(n_dead / k_aux, 1). BatchTopK keeps the top n*k activations of the whole batch.
+        min(n_dead / k_aux, 1). BatchTopK keeps the top n*k activations of the whole batch. JumpReLU's
+        threshold gradients have kernel width `bandwidth`; `prefixes` (Matryoshka) are the levels' widths.
         """
-        if self.architecture == "jumprelu":
-            raise SAEError("JumpReLU SAEs are for inference only: train 'batchtopk' and use sae.to_jumprelu()")
         flat = self._flat(x)
         x_n, _ = norm.normalize(self.normalization, self.norm_stats, flat)
         centred = x_n - self.b_dec
@@ -310,10 +313,13 @@ class SAE(FeatureToolMethods, nn.Module):
             # b_dec goes in whole: its encoder gradient is then one gemv, not a gather of n*k rows.
             acts, idx = topk_encode(x_n, self.W_enc, self.b_enc, self.k, b_dec=self.b_dec)
             sae_out = sparse_decode(acts, idx, self.W_dec) + self.b_dec
+            l0 = prefix_err = None
         else:
-            pre = self._pre_acts(centred)
-            acts, idx = (pre if self.architecture == "relu" else batch_topk(pre, self.k)), None
-            sae_out = acts @ self.W_dec + self.b_dec
+            acts, pre, l0 = dense_codes(centred @ self.W_enc.T + self.b_enc, self.architecture, self.k,
+                                        self.threshold, bandwidth)
+            dec, prefix_err = (nested_decode(acts, self.W_dec, centred, prefixes) if prefixes
+                               else (acts @ self.W_dec, None))
+            sae_out, idx = dec + self.b_dec, None
         residual = x_n - sae_out
         total_variance = mx.maximum(mx.sum(mx.square(x_n - mx.mean(x_n, axis=0))), 1e-12)
         sq_error = mx.sum(mx.square(residual))
@@ -328,11 +334,12 @@ class SAE(FeatureToolMethods, nn.Module):
             sae_out=sae_out,
             top_acts=acts,
             top_indices=idx,
-            l0=mx.mean(mx.sum(acts > 0, axis=-1).astype(mx.float32)),
+            l0=mx.mean(mx.sum(acts > 0, axis=-1).astype(mx.float32)) if l0 is None else l0,
             recon_loss=sq_error / residual.size,
             fvu=sq_error / total_variance,
             auxk_loss=auxk_loss,
             l1_loss=mx.mean(per_token_sum) / mx.sqrt(total_variance / n),
+            prefix_fvu=None if prefix_err is None else prefix_err / total_variance,
         )
 
     def _auxk_reconstruction(self, centred: mx.array, dead_mask: mx.array, k_aux: int, pre: mx.array | None):

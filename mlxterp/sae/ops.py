@@ -1,9 +1,11 @@
 """Array functions of SAE training and inference: unit rows, gradient projection, geometric
-median, per-latent totals, batch top-k."""
+median, per-latent totals, batch top-k, the dense architectures' training codes."""
 
 from __future__ import annotations
 
 import mlx.core as mx
+
+from .jumprelu import jumprelu_functions
 
 
 def unit_rows(w: mx.array) -> mx.array:
@@ -60,3 +62,13 @@ def batch_topk(pre: mx.array, k: int) -> mx.array:
     n_keep = min(pre.shape[0] * k, pre.size)
     kth = mx.min(mx.topk(mx.stop_gradient(pre).reshape(-1), n_keep))
     return mx.where(pre >= kth, pre, 0.0)
+
+
+def dense_codes(raw: mx.array, architecture: str, k: int, threshold: mx.array, bandwidth: float):
+    """Training codes of (n, d_hidden) pre-activations `raw` for the dense architectures:
+    (codes, relu(raw), l0), where l0 is JumpReLU's (with its pseudo-derivative) and None otherwise."""
+    pre = mx.maximum(raw, 0.0)
+    if architecture == "jumprelu":
+        codes, l0 = jumprelu_functions(bandwidth)
+        return codes(raw, threshold), pre, l0(raw, threshold)
+    return (pre if architecture == "relu" else batch_topk(pre, k)), pre, None

@@ -26,6 +26,8 @@ from . import train_data
 from .checkpoints import checkpoint_path, load_checkpoint, save_checkpoint
 from .config import MAX_DEAD_TOKENS_THRESHOLD, SAEConfig
 from .data_parallel import DataParallel
+from .jumprelu import check_l0, initial_threshold, l0_penalty
+from .matryoshka import resolve_prefixes
 from .metrics import TRAINING_METRICS, FeatureStats, evaluate_reconstruction
 from .model import SAE
 from .ops import latent_totals
@@ -47,7 +49,8 @@ class SAETrainer:
 
     Each step is one compiled function of (model, optimizer, counters) state; metrics reach the
     host only every `config.log_every` steps. Loss: FVU + auxk_coefficient * AuxK (topk,
-    batchtopk) or FVU + l1_coefficient * L1 (relu).
+    batchtopk; Matryoshka: the mean FVU of its nested prefixes), FVU + l1_coefficient * L1 (relu),
+    or FVU + l0_coefficient * (L0 / k - 1)^2 + AuxK (jumprelu, whose L0 must end within 20% of k).
     """
 
     def __init__(self, sae: SAE, config: SAEConfig | None = None):
@@ -59,6 +62,13 @@ class SAETrainer:
                 f"{config.architecture!r}) disagree: build the SAE with SAE.from_config(d_model, config)"
             )
         self.k_aux = config.resolved_k_aux(sae.d_model)
+        self.prefixes = None
+        if config.architecture == "matryoshka_batchtopk":
+            self.prefixes = resolve_prefixes(config.matryoshka_prefixes, sae.d_hidden, config.k)
+            sae.metadata["matryoshka_prefixes"] = list(self.prefixes)
+        if config.architecture == "jumprelu" and config.k >= sae.d_hidden:
+            raise SAEError(f"the JumpReLU L0 target k={config.k} asks every one of the {sae.d_hidden} latents to "
+                           "fire on every token, which is no sparse code: lower k or raise expansion_factor")
         self.peak_lr = config.resolved_learning_rate(sae.d_hidden)
         self.step = 0
         self.epoch = 0
@@ -160,6 +170,8 @@ class SAETrainer:
             if self._wandb is not None:
                 self._wandb.finish()
                 self._wandb = None
+        if cfg.architecture == "jumprelu" and self.history:
+            check_l0(self.history[-1]["l0"], cfg.k, cfg.l0_coefficient, self.step)
         self._record_training(metrics)
         if save_path is not None:
             distributed.run_on_main(lambda: self._save_final(save_path, ckpt), f"saving the SAE to {save_path}")
@@ -186,12 +198,15 @@ class SAETrainer:
         d_hidden, k_aux, peak, total = sae.d_hidden, self.k_aux, self.peak_lr, self.total_steps
 
         def loss_fn(x: mx.array, dead: mx.array):
-            out = sae.forward(x, dead_mask=dead if with_auxk else None, k_aux=k_aux)
+            out = sae.forward(x, dead_mask=dead if with_auxk else None, k_aux=k_aux,
+                              bandwidth=cfg.jumprelu_bandwidth, prefixes=self.prefixes)
+            prefix_fvu = out.fvu if out.prefix_fvu is None else mx.mean(out.prefix_fvu)
+            l0_loss = l0_penalty(out.l0, cfg.k) if sae.architecture == "jumprelu" else mx.array(0.0)
             if sae.architecture == "relu":
                 loss = out.fvu + cfg.l1_coefficient * out.l1_loss
             else:
-                loss = out.fvu + cfg.auxk_coefficient * out.auxk_loss
-            return loss, out
+                loss = prefix_fvu + cfg.auxk_coefficient * out.auxk_loss + cfg.l0_coefficient * l0_loss
+            return loss, (out, prefix_fvu, l0_loss)
 
         loss_and_grad = nn.value_and_grad(sae, loss_fn)
         state = [sae.state, opt.state, counters]
@@ -201,11 +216,11 @@ class SAETrainer:
             since = counters["tokens_since_fired"]
             dead = since > cfg.dead_tokens_threshold
             lr = lr_at(opt.state["step"], peak, cfg, total)
-            (loss, out), grads = loss_and_grad(x, dead)
+            (loss, (out, prefix_fvu, l0_loss)), grads = loss_and_grad(x, dead)
             fired, act_sum, act_max = latent_totals(mx.stop_gradient(out.top_acts), out.top_indices, d_hidden)
             n = x.shape[0]
             batch_min = None
-            if sae.architecture == "batchtopk":
+            if sae.architecture in ("batchtopk", "matryoshka_batchtopk"):
                 kept = mx.stop_gradient(out.top_acts)
                 batch_min = mx.min(mx.where(kept > 0, kept, mx.inf))
             if dp.active:  # one all_sum: the global batch's gradient and firing counts
@@ -217,12 +232,13 @@ class SAETrainer:
             counters["act_sum"] = counters["act_sum"] + act_sum
             counters["act_max"] = mx.maximum(counters["act_max"], act_max)
             counters["epoch_tokens"] = counters["epoch_tokens"] + n
-            if sae.architecture == "batchtopk":
+            if sae.architecture in ("batchtopk", "matryoshka_batchtopk"):
                 weight = mx.maximum(1.0 / (opt.state["step"].astype(mx.float32)), THRESHOLD_EMA)
                 sae.threshold = mx.where(mx.isinf(batch_min), sae.threshold,
                                          sae.threshold + weight * (batch_min - sae.threshold))
             values = {"loss": loss, "fvu": out.fvu, "recon_loss": out.recon_loss, "auxk_loss": out.auxk_loss,
-                      "l1_loss": out.l1_loss, "l0": out.l0, "dead_fraction": mx.mean(dead.astype(mx.float32)),
+                      "l1_loss": out.l1_loss, "l0_loss": l0_loss, "prefix_fvu": prefix_fvu, "l0": out.l0,
+                      "dead_fraction": mx.mean(dead.astype(mx.float32)),
                       "grad_norm": grad_norm, "learning_rate": lr,
                       "nonfinite_inputs": mx.sum(~mx.isfinite(x)).astype(mx.float32)}
             counters["metric_sum"] = counters["metric_sum"] + mx.stack([values[k] for k in STEP_SUMS])
@@ -340,6 +356,10 @@ class SAETrainer:
                            "FVU is undefined; check the data and the hook point")
         self.sae.fit_normalization(sample)
         self.sae.init_b_dec(sample, self.config.b_dec_init)
+        if self.sae.architecture == "jumprelu":  # start at an L0 of k: BatchTopK's threshold of the sample
+            centred = self.sae._centred(sample[:4096])
+            threshold = initial_threshold(centred @ self.sae.W_enc.T + self.sae.b_enc, self.config.k)
+            self.sae.threshold = mx.full((self.sae.d_hidden,), threshold)
         return first_stream
 
     # -- reporting -----------------------------------------------------------------------

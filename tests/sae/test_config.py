@@ -55,6 +55,8 @@ def test_dict_round_trip():
         ("max_norm_ratio", 1.0), ("max_norm_ratio", -5.0), ("max_norm_ratio", "10"),
         ("log_every", 0), ("checkpoint_every", 0), ("use_wandb", 1), ("wandb_project", 3),
         ("wandb_tags", "sae"), ("wandb_tags", [1]),
+        ("l0_coefficient", 0.0), ("jumprelu_bandwidth", -0.1), ("matryoshka_prefixes", "64"),
+        ("matryoshka_prefixes", [64, 16]),
     ],
 )
 def test_invalid_values_name_the_field(field, value):

@@ -65,7 +65,7 @@ def write_foreign(sae: Any, path: str | os.PathLike, format: str) -> None:
     folder = Path(path)
     if folder.exists() and not folder.is_dir():
         raise SAEError(f"{folder} is a file; format={format!r} writes a folder: pass a folder path")
-    if sae.architecture == "batchtopk":
+    if sae.architecture in ("batchtopk", "matryoshka_batchtopk"):
         sae = sae.to_jumprelu()  # both libraries' inference forms keep per-latent thresholds, not top-k of a batch
     W_enc, b_enc, W_dec, b_dec = raw_space_weights(sae)
     if format == "sparsify":
