@@ -42,7 +42,7 @@ class Anatomy:
         return f"{self.layers_path}.{layer}"
 
     def hook_point(self, layer: int, component: str = "output") -> HookPoint:
-        """The HookPoint of `component` ("mlp", "attn", "output"/"resid") of block `layer`.
+        """The HookPoint of `component` ("mlp", "attn", "output"/"resid", "mlp_in") of block `layer`.
 
         Negative layers count from the end, as in Python.
         """
@@ -51,7 +51,7 @@ class Anatomy:
         base = self.layer_path(layer)
         if kind == "output":
             return HookPoint(layer, kind, base)
-        return HookPoint(layer, kind, f"{base}.{self.mlp_name if kind == 'mlp' else self.attn_name}")
+        return HookPoint(layer, kind, f"{base}.{self.attn_name if kind == 'attn' else self.mlp_name}")
 
     def parse_hook_point(self, name: str, layer: int | None = None) -> HookPoint:
         """A HookPoint from what a user types: a component ("mlp", "attn", "resid", "output")
