@@ -123,7 +123,8 @@ class FeatureStats:
 def evaluate_reconstruction(
     sae: "SAE", activation_batches: Iterable[Any], per_feature: bool = False
 ) -> dict[str, Any]:
-    """Reconstruction quality and sparsity of `sae` over batches of raw activations (..., d_model).
+    """Reconstruction quality and sparsity of `sae` over batches of raw activations (..., d_model)
+    (a transcoder: rows [input | target] (..., 2 * d_model); its target's reconstruction counts).
 
     Returns floats: mse (raw scale, per element), fvu (squared error / total variance around the
     mean of all evaluated tokens), explained_variance (1 - fvu), l0 (mean active latents per
@@ -140,12 +141,13 @@ def evaluate_reconstruction(
     act_sum = mx.zeros((h,))
     act_max = mx.zeros((h,))
     for batch in activation_batches:
-        x = mx.array(batch).astype(mx.float32).reshape(-1, batch.shape[-1])
+        if batch.shape[-1] != sae.data_width:
+            raise SAEError(f"activations have width {batch.shape[-1]} but the SAE has d_model={sae.d_model}"
+                           + (" (a transcoder: rows [input | target] of width 2 * d_model)" if sae.transcode else ""))
+        inputs, x = sae.split_rows(batch)  # x: what is reconstructed (a transcoder's target)
         if x.shape[0] == 0:
             continue
-        if x.shape[-1] != sae.d_model:
-            raise SAEError(f"activations have width {x.shape[-1]} but the SAE has d_model={sae.d_model}")
-        recon, acts, idx = sae.reconstruct(x)
+        recon, acts, idx = sae.reconstruct(inputs)
         counts, sums, maxes = latent_totals(acts, idx, h)
         fired, act_sum, act_max = fired + counts, act_sum + sums, mx.maximum(act_max, maxes)
         batch_mean = mx.mean(x, axis=0)

@@ -56,6 +56,9 @@ class SAETrainer:
                 f"the SAE (k={sae.k}, {sae.architecture!r}) and the config (k={config.k}, "
                 f"{config.architecture!r}) disagree: build the SAE with SAE.from_config(d_model, config)"
             )
+        if sae.transcode and config.resample_dead_every:
+            raise SAEError("resample_dead_every resamples an SAE's latents from its inputs; a transcoder's "
+                           "dead latents are revived by AuxK: set resample_dead_every=None")
         self.k_aux = config.resolved_k_aux(sae.d_model)
         self.peak_lr = config.resolved_learning_rate(sae.d_hidden)
         self.step = 0
@@ -69,6 +72,9 @@ class SAETrainer:
         self._steps_since_log = 0
         self._bar = None
         self._wandb = None
+        self._pending = None
+        self.progress_label = "Training"  # train_many names each SAE's bar
+        self.wandb_group: str | None = None  # train_many puts the SAEs of one run in one W&B group
 
     # -- public API ----------------------------------------------------------------------
     def fit(
@@ -94,13 +100,46 @@ class SAETrainer:
         """
         cfg = self.config
         epochs = cfg.num_epochs if epochs is None else epochs
-        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-            raise SAEError(f"epochs must be a positive integer, got {epochs!r}")
         if isinstance(train, (mx.array, np.ndarray)):
-            train = train_data.as_tokens(train, self.sae.d_model, "train")
+            train = train_data.as_tokens(train, self.sae.data_width, "train")
             if val is None and cfg.validation_split > 0:
                 train, val = train_data.split(train, cfg)
         n_tokens = train_data.count_tokens(train, tokens_per_epoch)
+        ckpt, first_stream = self.begin(n_tokens, epochs, save_path, init_sample, resume, progress, train)
+        metrics: dict[str, float] = {}
+        try:
+            with training_cache_limit():
+                while self.epoch < epochs:
+                    if self.batch_in_epoch == 0:
+                        self._reset_epoch_stats()
+                    stream = first_stream or train_data.raw_batches(train, self.sae.data_width, cfg, self.epoch)
+                    first_stream = None
+                    batches = train_data.batches(stream, cfg.batch_size)
+                    ran = 0
+                    for x in itertools.islice(batches, self.batch_in_epoch, None):
+                        self.train_batch(x, ckpt)
+                        ran += 1
+                    if ran == 0:
+                        raise SAEError(
+                            f"epoch {self.epoch + 1} produced no full batch of {cfg.batch_size} tokens: "
+                            "a generator is exhausted after one pass, so pass a callable returning a fresh "
+                            "iterable per epoch (e.g. lambda: store.batches(n)), or lower batch_size"
+                        )
+                    metrics = self.end_epoch(val)
+        finally:
+            self.close()
+        return self.finish(metrics, save_path, ckpt)
+
+    def begin(self, n_tokens: int | None, epochs: int, save_path: str | os.PathLike | None = None,
+              init_sample: Any = None, resume: bool = True, progress: bool = True,
+              train: TrainData | None = None) -> tuple[Path | None, Iterator[mx.array] | None]:
+        """Set up a run of `epochs` over `n_tokens` per epoch (optimizer, resume from the checkpoint
+        of `save_path`, initialization, W&B, progress bar); then `train_batch` per batch,
+        `end_epoch` per epoch, `close` and `finish` (what `fit` does; `train_many` drives several).
+        Returns the checkpoint path and, when initialization read the head of `train`, its stream."""
+        cfg = self.config
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+            raise SAEError(f"epochs must be a positive integer, got {epochs!r}")
         if n_tokens is not None and n_tokens < cfg.batch_size:
             raise SAEError(f"the training data holds {n_tokens} tokens, fewer than batch_size="
                            f"{cfg.batch_size}: lower batch_size or add data")
@@ -121,33 +160,31 @@ class SAETrainer:
         elif self.step == 0:
             first_stream = self._initialize(train, init_sample)
         self._start_wandb(n_tokens)
-        self._bar = tqdm(total=self.total_steps or None, initial=self.step, desc="Training",
+        self._bar = tqdm(total=self.total_steps or None, initial=self.step, desc=self.progress_label,
                          disable=not progress, unit="step")
-        metrics: dict[str, float] = {}
-        try:
-            with training_cache_limit():
-                self._steps = {flag: self._build_step(flag) for flag in (False, True)}
-                while self.epoch < epochs:
-                    if self.batch_in_epoch == 0:
-                        self._reset_epoch_stats()
-                    stream = first_stream or train_data.raw_batches(train, self.sae.d_model, cfg, self.epoch)
-                    first_stream = None
-                    if self._run_epoch(stream, ckpt) == 0:
-                        raise SAEError(
-                            f"epoch {self.epoch + 1} produced no full batch of {cfg.batch_size} tokens: "
-                            "a generator is exhausted after one pass, so pass a callable returning a fresh "
-                            "iterable per epoch (e.g. lambda: store.batches(n)), or lower batch_size"
-                        )
-                    metrics = self._log() if self._steps_since_log else (self.history[-1] if self.history else {})
-                    if val is not None:
-                        metrics = {**metrics, **self._validate(val)}
-                    self.epoch += 1
-                    self.batch_in_epoch = 0
-        finally:
+        self._steps = {flag: self._build_step(flag) for flag in (False, True)}
+        self._pending = None
+        return ckpt, first_stream
+
+    def end_epoch(self, val: TrainData | None = None) -> dict[str, float]:
+        """Close the epoch: log, validate on `val`; returns the epoch's last metrics."""
+        metrics = self._log() if self._steps_since_log else (self.history[-1] if self.history else {})
+        if val is not None:
+            metrics = {**metrics, **self._validate(val)}
+        self.epoch += 1
+        self.batch_in_epoch = 0
+        return metrics
+
+    def close(self) -> None:
+        """Close the progress bar and the W&B run."""
+        if self._bar is not None:
             self._bar.close()
-            if self._wandb is not None:
-                self._wandb.finish()
-                self._wandb = None
+        if self._wandb is not None:
+            self._wandb.finish()
+            self._wandb = None
+
+    def finish(self, metrics: dict[str, float], save_path: str | os.PathLike | None, ckpt: Path | None) -> dict[str, float]:
+        """Record the run in the SAE's metadata, save it to `save_path`, remove the checkpoint."""
         self._record_training(metrics)
         if save_path is not None:
             self.sae.save(save_path)
@@ -227,31 +264,27 @@ class SAETrainer:
         self.counters["epoch_tokens"] = mx.array(0.0)
 
     # -- the loop ------------------------------------------------------------------------
-    def _run_epoch(self, stream: Iterable[mx.array], ckpt: Path | None) -> int:
+    def train_batch(self, x: mx.array, ckpt: Path | None = None) -> None:
+        """One step on a (batch_size, data_width) batch, with logging, resampling and checkpoints."""
         cfg = self.config
-        ran = 0
-        pending = None
-        for x in itertools.islice(train_data.batches(stream, cfg.batch_size), self.batch_in_epoch, None):
-            self._steps[self.any_dead](x)
-            mx.async_eval(self.sae.state, self.optimizer.state, self.counters)
-            # Wait for the previous step only, so at most one step is queued behind the running one.
-            if pending is not None:
-                mx.eval(pending)
-            pending = self.counters["metric_sum"]
-            self.step += 1
-            self.batch_in_epoch += 1
-            self._bar.update(1)
-            self._steps_since_log += 1
-            ran += 1
-            if self.step == 1 or self.step % cfg.log_every == 0:
-                self._log()
-            if cfg.resample_dead_every and self.step % cfg.resample_dead_every == 0:
-                resample_dead(self, x)
-            if ckpt is not None and cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
-                if self._steps_since_log:
-                    self._log()  # raises on a NaN loss or input since the last log
-                save_checkpoint(self, ckpt)
-        return ran
+        self._steps[self.any_dead](x)
+        mx.async_eval(self.sae.state, self.optimizer.state, self.counters)
+        # Wait for the previous step only, so at most one step is queued behind the running one.
+        if self._pending is not None:
+            mx.eval(self._pending)
+        self._pending = self.counters["metric_sum"]
+        self.step += 1
+        self.batch_in_epoch += 1
+        self._bar.update(1)
+        self._steps_since_log += 1
+        if self.step == 1 or self.step % cfg.log_every == 0:
+            self._log()
+        if cfg.resample_dead_every and self.step % cfg.resample_dead_every == 0:
+            resample_dead(self, x)
+        if ckpt is not None and cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+            if self._steps_since_log:
+                self._log()  # raises on a NaN loss or input since the last log
+            save_checkpoint(self, ckpt)
 
     def _log(self) -> dict[str, float]:
         sums = np.array(self.counters["metric_sum"], dtype=np.float64)
@@ -280,7 +313,7 @@ class SAETrainer:
         return record
 
     def _validate(self, val: TrainData) -> dict[str, float]:
-        stream = train_data.raw_batches(val, self.sae.d_model, self.config, None)
+        stream = train_data.raw_batches(val, self.sae.data_width, self.config, None)
         result = evaluate_reconstruction(self.sae, train_data.batches(stream, self.config.batch_size, drop_last=False))
         out = {f"val/{k}": float(v) for k, v in result.items()}
         out["val/loss"] = out["val/fvu"]
@@ -293,7 +326,7 @@ class SAETrainer:
     def _initialize(self, train: TrainData, init_sample: Any) -> Iterator[mx.array] | None:
         """Fit normalization and b_dec; returns the epoch-0 stream when its head was consumed."""
         first_stream = None
-        d_model = self.sae.d_model
+        d_model = self.sae.data_width
         if init_sample is not None:
             sample = train_data.as_tokens(init_sample, d_model, "init_sample")
         elif isinstance(train, mx.array):
@@ -336,6 +369,7 @@ class SAETrainer:
         self._wandb = wandb.init(
             project=cfg.wandb_project or "mlxterp-sae",
             name=cfg.wandb_name,
+            group=self.wandb_group,
             tags=list(cfg.wandb_tags) or None,
             config={**cfg.to_dict(), "d_model": self.sae.d_model, "d_hidden": self.sae.d_hidden,
                     "layer": meta.get("layer"), "component": meta.get("component"),
