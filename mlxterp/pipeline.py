@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from .activations import ActivationStore, norm_limit, within_limit
+from .activations import ActivationStore, norm_limit, within_limit, within_limits
 from .data import load_texts, split_documents
 from .errors import DataError
 from .hookpoint import HookPoint
@@ -174,10 +174,7 @@ def _selector(cols: np.ndarray, limits: list[float | None], d_model: int):
 
     def select(rows: np.ndarray) -> np.ndarray:
         mine = np.asarray(rows)[:, part]
-        keep = np.ones(len(mine), dtype=bool)
-        for i, limit in enumerate(limits):
-            if limit is not None:
-                keep &= np.linalg.norm(mine[:, i * d_model : (i + 1) * d_model], axis=-1) <= limit
+        keep = within_limits(mine, limits, d_model)
         return mine if keep.all() else mine[keep]
 
     return select

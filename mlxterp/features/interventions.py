@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import mlx.core as mx
 import numpy as np
 
+from ..activations import within_limit
 from ..errors import SAEError, TraceError
 from ..envoy import Port
 from ..tracing import Positions
@@ -81,31 +82,60 @@ def clamp(features: int | Sequence[int], min: float | None = None, max: float | 
 
 
 def sae_edit_fn(sae: "SAE", edits: Sequence[FeatureEdit] = (), error_term: bool = True) -> Callable:
-    """x (..., d_model) -> the SAE's reconstruction from edited codes (+ x - sae(x) if error_term).
+    """(x, y=None) -> the SAE's reconstruction from edited codes (+ y - clean reconstruction if
+    error_term), for y, the value replaced: x itself for an SAE, the output hook point's value
+    for a transcoder (x its input; `splice_edit` declares both).
 
-    With `error_term` the SAE is a transparent window: the output is x plus what the edits change
-    in the reconstruction, so with no edits it is exactly x. Tokens above the SAE's norm limit
+    With `error_term` the SAE is a transparent window: the output is y plus what the edits change
+    in the reconstruction, so with no edits it is exactly y. Tokens above the SAE's norm limit
     (attention sinks it never trained on) pass through unchanged.
     """
     for edit in edits:
         check_features(sae, list(edit.features))
 
-    def spliced(x: mx.array) -> mx.array:
+    def spliced(x: mx.array, y: mx.array | None = None) -> mx.array:
         raw = x.astype(mx.float32)
+        target = raw if y is None else y.astype(mx.float32)
         codes = sae.encode(raw)
         edited = codes
         for edit in edits:
             edited = edit.apply(edited)
         token_norm = sae.token_norm(raw)
         if error_term:
-            # x + (edited - clean reconstruction) rather than reconstruction + (x - clean
-            # reconstruction): equal in exact arithmetic, but only this one returns x bit for bit.
-            out = raw + (sae.decode(edited, token_norm) - sae.decode(codes, token_norm))
+            # y + (edited - clean reconstruction) rather than reconstruction + (y - clean
+            # reconstruction): equal in exact arithmetic, but only this one returns y bit for bit.
+            out = target + (sae.decode(edited, token_norm) - sae.decode(codes, token_norm))
         else:
-            out = sae.decode(edited, token_norm)
-        return mx.where(sae.within_norm_limit(raw)[..., None], out, raw).astype(x.dtype)
+            out = sae.decode(edited, token_norm, x=raw)
+        keep = sae.within_norm_limit(raw)
+        if y is not None:
+            keep = keep & within_limit(target, sae.metadata.get("max_target_norm"))
+        return mx.where(keep[..., None], out, target).astype((x if y is None else y).dtype)
 
     return spliced
+
+
+def splice_edit(sae: "SAE", model: "InterpretableModel", fn: Callable, positions: Positions, label: str,
+                layer: int | None = None) -> None:
+    """Declare `fn` as the edit of what `sae` reconstructs, in the open trace or generation.
+
+    An SAE reads and writes one hook point: `fn(x)` edits it. A transcoder reads its input hook
+    point and writes its output one: `fn(x, y)` gets both (the same positions) and returns the new y.
+    """
+    read = sae_hook_point(sae, model, layer)
+    out = sae.output_hook_point
+    write = model.hook_point(out.layer, out.component)
+    if write == read:
+        Port(model, write.path, write.port).edit(fn, positions, label)
+        return
+    seen: dict[str, mx.array] = {}
+
+    def remember(x: mx.array) -> mx.array:
+        seen["x"] = x
+        return x
+
+    Port(model, read.path, read.port).edit(remember, positions, label)
+    Port(model, write.path, write.port).edit(lambda y: fn(seen["x"], y), positions, label)
 
 
 def splice_sae(
@@ -116,7 +146,8 @@ def splice_sae(
     layer: int | None = None,
     positions: Positions = slice(1, None),
 ) -> None:
-    """Replace the SAE's hook point output by its reconstruction, with `edits` applied to codes.
+    """Replace the SAE's hook point output by its reconstruction, with `edits` applied to codes
+    (a transcoder: replace its output hook point, the MLP's output, by what it makes of its input).
 
     Call inside `with model.trace(...)` or `with model.generate(...)`. `positions` defaults to
     every position but the first (the attention sink, which SAEs are not trained on); tokens
@@ -127,8 +158,7 @@ def splice_sae(
     ...     logits = model.output.save()
     """
     model = resolve_model(sae, model)
-    path = sae_hook_point(sae, model, layer).path
-    Port(model, path, "output").edit(sae_edit_fn(sae, edits, error_term), positions, "splice_sae()")
+    splice_edit(sae, model, sae_edit_fn(sae, edits, error_term), positions, "splice_sae()", layer)
 
 
 def steer(
@@ -152,7 +182,10 @@ def steer(
     if feature_idx is None:
         raise SAEError("steer needs feature_idx=<the feature to add>")
     model = resolve_model(sae, model)
-    path = sae_hook_point(sae, model, layer).path
+    sae_hook_point(sae, model, layer)
+    out = sae.output_hook_point  # a transcoder's features live in its output space
+    write = model.hook_point(out.layer, out.component)
+    path = write.path
     indices = check_features(sae, feature_idx)
     given = np.asarray(strength, dtype=np.float64).reshape(-1)
     if not np.all(np.isfinite(given)):
@@ -166,7 +199,7 @@ def steer(
         directions = feature_directions(sae, indices, sae.token_norm(x.astype(mx.float32)))
         return (x + mx.sum(directions * strengths, axis=-2)).astype(x.dtype)
 
-    Port(model, path, "output").edit(add_features, positions, f"steer(feature_idx={feature_idx!r})")
+    Port(model, path, write.port).edit(add_features, positions, f"steer(feature_idx={feature_idx!r})")
 
 
 @dataclass

@@ -1,0 +1,71 @@
+"""Benchmark: SAEs on 1, 4 and all 30 layers of SmolLM2 from one forward per batch
+(`model.train_saes`) next to the sum of single-layer runs (`model.train_sae`) over the same tokens.
+
+Every run trains TopK SAEs (16x expansion, k 32) on the MLP output over the same first
+`--tokens` tokens of WikiText-2 (test split, ../shared/data), one epoch, no validation, no
+cache, all in this one process (so the machine's load is shared alike). Prints, per layer set,
+the joint run's wall time and tokens/s (tokens x SAEs / s) beside the sum of the single-layer
+runs' wall times, and writes them as JSON.
+
+    python benchmarks/multi_layer.py [--tokens 4096] [--batch-size 512] [--out benchmarks/results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from mlxterp.platform import use_fast_blas  # noqa: E402
+
+use_fast_blas()  # on Linux, re-executes with OpenBLAS preloaded
+
+from mlxterp import InterpretableModel  # noqa: E402
+from mlxterp.io_utils import atomic_write_text  # noqa: E402
+from mlxterp.sae.config import SAEConfig  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sae_smollm2 import WIKITEXT, wikitext_articles  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tokens", type=int, default=4096)
+    parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--out", default="benchmarks/results")
+    args = parser.parse_args()
+    model = InterpretableModel.default()
+    texts = wikitext_articles(WIKITEXT)
+    config = SAEConfig(batch_size=args.batch_size, validation_split=0.0, checkpoint_every=None, log_every=1000)
+    n = model.n_layers
+    sets = {"1": [n // 2], "4": [n // 5, 2 * n // 5, 3 * n // 5, 4 * n // 5], str(n): list(range(n))}
+
+    def timed(fn) -> float:
+        start = time.perf_counter()
+        fn()
+        return time.perf_counter() - start
+
+    model.train_sae(n // 2, texts, "mlp", config, max_tokens=args.tokens, progress=False)  # warm-up
+    single = {layer: timed(lambda: model.train_sae(layer, texts, "mlp", config, max_tokens=args.tokens,
+                                                   progress=False)) for layer in range(n)}
+    results = {"tokens": args.tokens, "batch_size": args.batch_size, "d_hidden": 16 * model.d_model, "k": config.k,
+               "single_layer_s": single, "sets": {}}
+    for name, layers in sets.items():
+        patterns = [f"layers.{layer}.mlp" for layer in layers]
+        joint = timed(lambda: model.train_saes(patterns, texts, config, max_tokens=args.tokens, progress=False))
+        singles = sum(single[layer] for layer in layers)
+        results["sets"][name] = {"layers": layers, "joint_s": joint, "sum_single_s": singles,
+                                 "joint_tokens_per_s": args.tokens * len(layers) / joint,
+                                 "single_tokens_per_s": args.tokens * len(layers) / singles}
+        print(f"{len(layers):>2} layers: one forward {joint:7.1f} s ({args.tokens * len(layers) / joint:7.0f} tok/s "
+              f"x SAEs) | sum of single-layer runs {singles:7.1f} s ({args.tokens * len(layers) / singles:7.0f}) "
+              f"| ratio {singles / joint:.2f}x", flush=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "multi_layer.json", json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
