@@ -7,7 +7,7 @@ cache, all in this one process (so the machine's load is shared alike). Prints, 
 the joint run's wall time and tokens/s (tokens x SAEs / s) beside the sum of the single-layer
 runs' wall times, and writes them as JSON.
 
-    python benchmarks/multi_layer.py [--tokens 4096] [--batch-size 512] [--out benchmarks/results]
+    python benchmarks/multi_layer.py [--tokens 1024] [--batch-size 256] [--out benchmarks/results]
 """
 
 from __future__ import annotations
@@ -30,14 +30,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sae_smollm2 import WIKITEXT, wikitext_articles  # noqa: E402
 
 
+def first_chars(texts: list[str], n_chars: int) -> list[str]:
+    """The first texts holding at least `n_chars` characters (so every run tokenizes only what it uses)."""
+    out, have = [], 0
+    for text in texts:
+        out.append(text)
+        have += len(text)
+        if have >= n_chars:
+            break
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--tokens", type=int, default=4096)
-    parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--tokens", type=int, default=1024)
+    parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args()
     model = InterpretableModel.default()
-    texts = wikitext_articles(WIKITEXT)
+    texts = first_chars(wikitext_articles(WIKITEXT), 8 * args.tokens)
     config = SAEConfig(batch_size=args.batch_size, validation_split=0.0, checkpoint_every=None, log_every=1000)
     n = model.n_layers
     sets = {"1": [n // 2], "4": [n // 5, 2 * n // 5, 3 * n // 5, 4 * n // 5], str(n): list(range(n))}
@@ -48,8 +59,11 @@ def main() -> None:
         return time.perf_counter() - start
 
     model.train_sae(n // 2, texts, "mlp", config, max_tokens=args.tokens, progress=False)  # warm-up
-    single = {layer: timed(lambda: model.train_sae(layer, texts, "mlp", config, max_tokens=args.tokens,
-                                                   progress=False)) for layer in range(n)}
+    single = {}
+    for layer in range(n):
+        single[layer] = timed(lambda: model.train_sae(layer, texts, "mlp", config, max_tokens=args.tokens,
+                                                      progress=False))
+        print(f"single layer {layer}: {single[layer]:.1f} s", flush=True)
     results = {"tokens": args.tokens, "batch_size": args.batch_size, "d_hidden": 16 * model.d_model, "k": config.k,
                "single_layer_s": single, "sets": {}}
     for name, layers in sets.items():
