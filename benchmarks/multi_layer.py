@@ -41,6 +41,12 @@ def first_chars(texts: list[str], n_chars: int) -> list[str]:
     return out
 
 
+def write_json(folder: str, name: str, results: dict) -> None:
+    """Write `results` to `folder`/`name` (atomically), creating the folder."""
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    atomic_write_text(Path(folder) / name, json.dumps(results, indent=1))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tokens", type=int, default=1024)
@@ -76,9 +82,7 @@ def main() -> None:
         print(f"{len(layers):>2} layers: one forward {joint:7.1f} s ({args.tokens * len(layers) / joint:7.0f} tok/s "
               f"x SAEs) | sum of single-layer runs {singles:7.1f} s ({args.tokens * len(layers) / singles:7.0f}) "
               f"| ratio {singles / joint:.2f}x", flush=True)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "multi_layer.json", json.dumps(results, indent=1))
+    write_json(args.out, "multi_layer.json", results)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ over the activation cache.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -24,11 +23,10 @@ from mlxterp.platform import use_fast_blas  # noqa: E402
 use_fast_blas()  # on Linux, re-executes with OpenBLAS preloaded
 
 from mlxterp import InterpretableModel, evaluate_sae  # noqa: E402
-from mlxterp.io_utils import atomic_write_text  # noqa: E402
 from mlxterp.sae.config import SAEConfig  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from multi_layer import first_chars  # noqa: E402
+from multi_layer import first_chars, write_json  # noqa: E402
 from sae_smollm2 import WIKITEXT, wikitext_articles  # noqa: E402
 
 
@@ -63,9 +61,7 @@ def main() -> None:
         print(f"{name:28s} FVU {m['fvu']:.3f}  L0 {m['l0']:.1f}  dead {m['dead_fraction']:.3f}  CE clean "
               f"{m['ce_loss_clean']:.3f} spliced {m['ce_loss_with_sae']:.3f} zero-ablated "
               f"{m['ce_loss_zero_ablation']:.3f}  CE recovered {m['ce_loss_recovered']:.3f}", flush=True)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "transcoder_smollm2.json", json.dumps(results, indent=1))
+    write_json(args.out, "transcoder_smollm2.json", results)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """model.train_saes: several SAEs and transcoders from one forward per batch, on a tiny model;
 transcoders (splice with the skip term, evaluation, files) and the errors of bad input."""
 
+import contextlib
 import json
 
 import mlx.core as mx
@@ -23,9 +24,9 @@ def model():
     return InterpretableModel((tiny_model("llama", seed=4), byte_tokenizer()), name="tiny-llama")
 
 
-@pytest.fixture(scope="module")
-def trained(model, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("multi")
+@contextlib.contextmanager
+def counting_traces(model):
+    """Counts the forward passes (traces) `model` runs inside the block, in the yielded list."""
     traces = []
     real_trace = model.trace
 
@@ -35,10 +36,17 @@ def trained(model, tmp_path_factory):
 
     model.trace = counting_trace
     try:
-        saes = model.train_saes("layers.*.mlp", TEXTS, CONFIG, transcoders=[1], skip_transcoders=[1],
-                                save_dir=folder, progress=False)
+        yield traces
     finally:
         del model.trace
+
+
+@pytest.fixture(scope="module")
+def trained(model, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("multi")
+    with counting_traces(model) as traces:
+        saes = model.train_saes("layers.*.mlp", TEXTS, CONFIG, transcoders=[1], skip_transcoders=[1],
+                                save_dir=folder, progress=False)
     return saes, folder, len(traces)
 
 
@@ -63,18 +71,8 @@ def test_every_matching_hook_point_and_transcoder_gets_its_own_sae(trained, mode
 
 def test_one_forward_per_batch_whatever_the_number_of_hook_points(trained, model):
     _, _, multi_traces = trained
-    traces = []
-    real_trace = model.trace
-
-    def counting_trace(*args, **kwargs):
-        traces.append(1)
-        return real_trace(*args, **kwargs)
-
-    model.trace = counting_trace
-    try:
+    with counting_traces(model) as traces:
         model.train_saes("layers.1.mlp", TEXTS, CONFIG, progress=False)
-    finally:
-        del model.trace
     assert multi_traces == len(traces) > 0
 
 
