@@ -224,3 +224,28 @@ def test_cli_trains_several_hook_points(model, tmp_path, monkeypatch, capsys):
     assert cli.main(["train", "--dataset", str(corpus), "--hook-points", "layers.9.mlp",
                      "--out", str(tmp_path / "bad")]) == 2
     assert "no hook point matches 'layers.9.mlp'" in capsys.readouterr().err
+
+
+def test_each_sae_logs_its_own_wandb_run_in_one_group(model, monkeypatch):
+    wandb = pytest.importorskip("wandb")
+    runs = []
+
+    class Run:
+        def __init__(self, **kwargs):
+            self.kwargs, self.logged, self.finished = kwargs, [], False
+            runs.append(self)
+
+        def log(self, data, step=None):
+            self.logged.append(dict(data))
+
+        def finish(self):
+            self.finished = True
+
+    monkeypatch.setattr(wandb, "init", lambda **kwargs: Run(**kwargs))
+    config = SAEConfig(expansion_factor=2, k=4, batch_size=256, context_length=64, checkpoint_every=None,
+                       use_wandb=True, wandb_name="sweep-1")
+    model.train_saes("layers.0.mlp", TEXTS[:60], config, skip_transcoders=[2], progress=False)
+    assert sorted(r.kwargs["name"] for r in runs) == ["layers.0.mlp", "layers.2.skip_transcoder"]
+    assert {r.kwargs["group"] for r in runs} == {"sweep-1"}
+    assert all(r.finished and any("train/loss" in d for d in r.logged) and any("val/fvu" in d for d in r.logged)
+               for r in runs)
