@@ -249,3 +249,14 @@ def test_each_sae_logs_its_own_wandb_run_in_one_group(model, monkeypatch):
     assert {r.kwargs["group"] for r in runs} == {"sweep-1"}
     assert all(r.finished and any("train/loss" in d for d in r.logged) and any("val/fvu" in d for d in r.logged)
                for r in runs)
+
+
+def test_a_transcoder_is_browsed_like_an_sae(trained, model):
+    from mlxterp.features import collect_dashboard_data
+
+    tc = trained[0]["layers.1.skip_transcoder"]
+    data = collect_dashboard_data(tc, model, TEXTS[:10], n_features=3, n_tokens=600)
+    assert (data["layer"], data["component"], data["d_hidden"]) == (1, "mlp_in", tc.d_hidden)
+    record = data["features"][0]
+    assert record["top_examples"] and record["top_examples"][0]["max_activation"] > 0
+    assert record["logit_lens"]["top"]
