@@ -260,3 +260,33 @@ def test_a_transcoder_is_browsed_like_an_sae(trained, model):
     record = data["features"][0]
     assert record["top_examples"] and record["top_examples"][0]["max_activation"] > 0
     assert record["logit_lens"]["top"]
+
+
+def test_an_interrupted_joint_run_resumes_where_each_sae_stopped(model, tmp_path, monkeypatch):
+    from mlxterp.sae.train import SAETrainer
+
+    config = SAEConfig(expansion_factor=2, k=4, batch_size=128, context_length=64, num_epochs=2,
+                       checkpoint_every=3, validation_split=0.0)
+    args = ("layers.0.mlp", TEXTS[:40], config)
+    full = model.train_saes(*args, skip_transcoders=[1], save_dir=tmp_path / "full", progress=False)
+    real_step, steps = SAETrainer.train_batch, []
+
+    def interrupted(self, x, ckpt=None):
+        if len(steps) == 9:
+            raise KeyboardInterrupt
+        steps.append(1)
+        return real_step(self, x, ckpt)
+
+    monkeypatch.setattr(SAETrainer, "train_batch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        model.train_saes(*args, skip_transcoders=[1], save_dir=tmp_path / "resumed", progress=False)
+    assert sorted(p.name for p in (tmp_path / "resumed").iterdir()) == [
+        "layers.0.mlp.mlx.checkpoint", "layers.1.skip_transcoder.mlx.checkpoint"]
+    monkeypatch.undo()
+    resumed = model.train_saes(*args, skip_transcoders=[1], save_dir=tmp_path / "resumed", progress=False)
+    for name, sae in full.items():
+        assert resumed[name].metadata["training"]["steps"] == sae.metadata["training"]["steps"]
+        for param in ("W_enc", "W_dec", "b_dec"):
+            np.testing.assert_allclose(np.array(getattr(resumed[name], param)), np.array(getattr(sae, param)),
+                                       rtol=1e-4, atol=1e-5)
+    assert not list((tmp_path / "resumed").glob("*.checkpoint"))
