@@ -154,7 +154,8 @@ def train_saes_on_model(
         if write is not None:
             sae.metadata.update(output_hook_point=write.to_dict(), max_target_norm=limits[1])
         trainer = SAETrainer(sae, dataclasses.replace(config, wandb_name=name) if config.use_wandb else config)
-        trainer.progress_label, trainer.wandb_group = name, config.wandb_name or f"mlxterp-{dataset_fingerprint(train_texts, max_tokens)}"
+        trainer.progress_label = name
+        trainer.wandb_group = config.wandb_name or f"mlxterp-{dataset_fingerprint(train_texts, max_tokens)}"
         val_data = [select(val_rows)] if val_rows is not None else None
         path = Path(save_dir) / f"{name}.mlx" if save_dir is not None else None
         jobs.append(Job(trainer, select, val_data, path, rows))

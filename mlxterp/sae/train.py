@@ -183,7 +183,8 @@ class SAETrainer:
             self._wandb.finish()
             self._wandb = None
 
-    def finish(self, metrics: dict[str, float], save_path: str | os.PathLike | None, ckpt: Path | None) -> dict[str, float]:
+    def finish(self, metrics: dict[str, float], save_path: str | os.PathLike | None,
+               ckpt: Path | None) -> dict[str, float]:
         """Record the run in the SAE's metadata, save it to `save_path`, remove the checkpoint."""
         self._record_training(metrics)
         if save_path is not None:

@@ -61,8 +61,9 @@ def read(folder: Path, run_cfg: dict[str, Any] | None = None) -> Parts:
         raise SAEError(f"{folder}: cfg.json says skip_connection={skip} but {weights} "
                        f"{'holds' if 'W_skip' in tensors else 'lacks'} W_skip: the folder is damaged")
     source = f"{folder / 'cfg.json'} (d_in={d_in}, {d_hidden} latents)"
-    for name, shape in (("encoder.weight", (d_hidden, d_in)), ("encoder.bias", (d_hidden,)),
-                        ("W_dec", (d_hidden, d_in)), ("b_dec", (d_in,))) + ((("W_skip", (d_in, d_in)),) if skip else ()):
+    shapes = {"encoder.weight": (d_hidden, d_in), "encoder.bias": (d_hidden,), "W_dec": (d_hidden, d_in),
+              "b_dec": (d_in,), **({"W_skip": (d_in, d_in)} if skip else {})}
+    for name, shape in shapes.items():
         check_shape(weights, name, tensors[name], shape, source)
     if k > d_hidden:
         raise SAEError(f"{folder}: k={k} exceeds the {d_hidden} latents: the config is damaged")
@@ -98,7 +99,8 @@ def write(sae: Any, folder: Path, W_enc: np.ndarray, b_enc: np.ndarray, W_dec: n
     point, meta = sae.output_hook_point, sae.metadata
     if sae.transcode and point is not None and (point.component != "mlp" or sae.hook_point.component != "mlp_in"):
         raise SAEError(f"sparsify's transcoders read a module's input and write its output; this one reads "
-                       f"{sae.hook_point.label} and writes {point.label}: only MLP transcoders ('mlp_in' -> 'mlp') export")
+                       f"{sae.hook_point.label} and writes {point.label}: only MLP transcoders ('mlp_in' -> "
+                       "'mlp') export")
     cfg = {"activation": "topk", "expansion_factor": max(1, sae.d_hidden // sae.d_model),
            "normalize_decoder": True, "num_latents": sae.d_hidden, "k": sae.k, "multi_topk": False,
            "skip_connection": W_skip is not None, "transcode": sae.transcode, "d_in": sae.d_model,
