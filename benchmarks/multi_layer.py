@@ -65,14 +65,16 @@ def main() -> None:
         return time.perf_counter() - start
 
     model.train_sae(n // 2, texts, "mlp", config, max_tokens=args.tokens, progress=False)  # warm-up
-    single = {}
-    for layer in range(n):
-        single[layer] = timed(lambda: model.train_sae(layer, texts, "mlp", config, max_tokens=args.tokens,
-                                                      progress=False))
-        print(f"single layer {layer}: {single[layer]:.1f} s", flush=True)
+    single: dict[int, float] = {}
     results = {"tokens": args.tokens, "batch_size": args.batch_size, "d_hidden": 16 * model.d_model, "k": config.k,
                "single_layer_s": single, "sets": {}}
+    # The small sets first, each right after its single-layer runs, so a cut-short run still compares them.
     for name, layers in sets.items():
+        for layer in layers:
+            if layer not in single:
+                single[layer] = timed(lambda: model.train_sae(layer, texts, "mlp", config, max_tokens=args.tokens,
+                                                              progress=False))
+                print(f"single layer {layer}: {single[layer]:.1f} s", flush=True)
         patterns = [f"layers.{layer}.mlp" for layer in layers]
         joint = timed(lambda: model.train_saes(patterns, texts, config, max_tokens=args.tokens, progress=False))
         singles = sum(single[layer] for layer in layers)
@@ -82,7 +84,7 @@ def main() -> None:
         print(f"{len(layers):>2} layers: one forward {joint:7.1f} s ({args.tokens * len(layers) / joint:7.0f} tok/s "
               f"x SAEs) | sum of single-layer runs {singles:7.1f} s ({args.tokens * len(layers) / singles:7.0f}) "
               f"| ratio {singles / joint:.2f}x", flush=True)
-    write_json(args.out, "multi_layer.json", results)
+        write_json(args.out, "multi_layer.json", results)
 
 
 if __name__ == "__main__":
