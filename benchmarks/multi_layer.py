@@ -51,6 +51,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tokens", type=int, default=1024)
     parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--sets", nargs="+", default=["1", "4", "30"], help="which layer sets to run")
+    parser.add_argument("--no-single", action="store_true", help="time the joint runs only")
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args()
     model = InterpretableModel.default()
@@ -58,6 +60,7 @@ def main() -> None:
     config = SAEConfig(batch_size=args.batch_size, validation_split=0.0, checkpoint_every=None, log_every=1000)
     n = model.n_layers
     sets = {"1": [n // 2], "4": [n // 5, 2 * n // 5, 3 * n // 5, 4 * n // 5], str(n): list(range(n))}
+    sets = {name: layers for name, layers in sets.items() if name in args.sets}
 
     def timed(fn) -> float:
         start = time.perf_counter()
@@ -70,21 +73,23 @@ def main() -> None:
                "single_layer_s": single, "sets": {}}
     # The small sets first, each right after its single-layer runs, so a cut-short run still compares them.
     for name, layers in sets.items():
-        for layer in layers:
+        for layer in [] if args.no_single else layers:
             if layer not in single:
                 single[layer] = timed(lambda: model.train_sae(layer, texts, "mlp", config, max_tokens=args.tokens,
                                                               progress=False))
                 print(f"single layer {layer}: {single[layer]:.1f} s", flush=True)
         patterns = [f"layers.{layer}.mlp" for layer in layers]
         joint = timed(lambda: model.train_saes(patterns, texts, config, max_tokens=args.tokens, progress=False))
-        singles = sum(single[layer] for layer in layers)
-        results["sets"][name] = {"layers": layers, "joint_s": joint, "sum_single_s": singles,
-                                 "joint_tokens_per_s": args.tokens * len(layers) / joint,
-                                 "single_tokens_per_s": args.tokens * len(layers) / singles}
-        print(f"{len(layers):>2} layers: one forward {joint:7.1f} s ({args.tokens * len(layers) / joint:7.0f} tok/s "
-              f"x SAEs) | sum of single-layer runs {singles:7.1f} s ({args.tokens * len(layers) / singles:7.0f}) "
-              f"| ratio {singles / joint:.2f}x", flush=True)
-        write_json(args.out, "multi_layer.json", results)
+        results["sets"][name] = {"layers": layers, "joint_s": joint,
+                                 "joint_tokens_per_s": args.tokens * len(layers) / joint}
+        line = f"{len(layers):>2} layers: one forward {joint:7.1f} s ({args.tokens * len(layers) / joint:7.1f} tok/s x SAEs)"
+        if not args.no_single:
+            singles = sum(single[layer] for layer in layers)
+            results["sets"][name].update(sum_single_s=singles, single_tokens_per_s=args.tokens * len(layers) / singles)
+            line += (f" | sum of single-layer runs {singles:7.1f} s ({args.tokens * len(layers) / singles:7.1f}) "
+                     f"| ratio {singles / joint:.2f}x")
+        print(line, flush=True)
+        write_json(args.out, f"multi_layer{'_joint' if args.no_single else ''}.json", results)
 
 
 if __name__ == "__main__":
