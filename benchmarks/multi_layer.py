@@ -82,7 +82,8 @@ def main() -> None:
         joint = timed(lambda: model.train_saes(patterns, texts, config, max_tokens=args.tokens, progress=False))
         results["sets"][name] = {"layers": layers, "joint_s": joint,
                                  "joint_tokens_per_s": args.tokens * len(layers) / joint}
-        line = f"{len(layers):>2} layers: one forward {joint:7.1f} s ({args.tokens * len(layers) / joint:7.1f} tok/s x SAEs)"
+        rate = args.tokens * len(layers) / joint
+        line = f"{len(layers):>2} layers: one forward {joint:7.1f} s ({rate:7.1f} tok/s x SAEs)"
         if not args.no_single:
             singles = sum(single[layer] for layer in layers)
             results["sets"][name].update(sum_single_s=singles, single_tokens_per_s=args.tokens * len(layers) / singles)
