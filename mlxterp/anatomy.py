@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import fnmatch
 from dataclasses import dataclass
 
 import mlx.core as mx
@@ -42,7 +43,7 @@ class Anatomy:
         return f"{self.layers_path}.{layer}"
 
     def hook_point(self, layer: int, component: str = "output") -> HookPoint:
-        """The HookPoint of `component` ("mlp", "attn", "output"/"resid") of block `layer`.
+        """The HookPoint of `component` ("mlp", "attn", "output"/"resid", "mlp_in") of block `layer`.
 
         Negative layers count from the end, as in Python.
         """
@@ -51,7 +52,7 @@ class Anatomy:
         base = self.layer_path(layer)
         if kind == "output":
             return HookPoint(layer, kind, base)
-        return HookPoint(layer, kind, f"{base}.{self.mlp_name if kind == 'mlp' else self.attn_name}")
+        return HookPoint(layer, kind, f"{base}.{self.attn_name if kind == 'attn' else self.mlp_name}")
 
     def parse_hook_point(self, name: str, layer: int | None = None) -> HookPoint:
         """A HookPoint from what a user types: a component ("mlp", "attn", "resid", "output")
@@ -74,6 +75,25 @@ class Anatomy:
             f"{name!r} is not a hook point: use 'mlp', 'attn' or 'output' (also 'resid') with a "
             f"layer, or a block's path such as {self.hook_point(0, 'mlp').path!r}"
         )
+
+    def match_hook_points(self, patterns: str | list[str]) -> list[HookPoint]:
+        """The hook points whose name ("layers.3.mlp") or path ("model.layers.3.mlp") matches one of
+        `patterns` (shell-style: "layers.*.mlp", "layers.1?.output"), in layer order, each once."""
+        patterns = [patterns] if isinstance(patterns, str) else list(patterns)
+        every = [self.hook_point(i, c) for i in range(self.n_layers) for c in ("output", "mlp", "attn", "mlp_in")]
+        found: list[HookPoint] = []
+        for pattern in patterns:
+            if not isinstance(pattern, str) or not pattern:
+                raise TraceError(f"a hook point pattern is a string such as 'layers.*.mlp', got {pattern!r}")
+            hits = [p for p in every if fnmatch.fnmatchcase(p.name, pattern) or
+                    (p.port == "output" and fnmatch.fnmatchcase(p.path, pattern))]
+            if not hits:
+                raise TraceError(
+                    f"no hook point matches {pattern!r}: this model has layers.<0..{self.n_layers - 1}>.<output|mlp|"
+                    f"attn|mlp_in> (paths {self.hook_point(0, 'mlp').path!r}, ...), e.g. 'layers.*.mlp', "
+                    f"'layers.{self.n_layers // 2}.output', 'layers.1?.mlp'")
+            found.extend(p for p in hits if p not in found)
+        return sorted(found, key=lambda p: (p.layer, ("output", "mlp", "attn", "mlp_in").index(p.component)))
 
     def check_layer(self, layer: int) -> int:
         """Return `layer` as a non-negative index, or raise a TraceError saying the valid range."""

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .data import load_texts, split_documents
 from .distributed import is_main
-from .errors import MlxterpError
+from .errors import DataError, MlxterpError
 from .features import collect_dashboard_data, evaluate_sae
 from .io_utils import atomic_write_text
 from .model import InterpretableModel
@@ -82,9 +82,25 @@ def _train(args, out: Path, texts: list[str]):
 
 
 def cmd_train(args) -> None:
+    if args.hook_points or args.transcoders or args.skip_transcoders:
+        return _train_many(args)
     _, sae = _train(args, Path(args.out), load_texts(args.dataset))
     if is_main():  # under mlx.launch, rank 0 saved it
         print(f"saved {sae.d_hidden}-latent SAE to {args.out}")
+
+
+def _train_many(args) -> None:
+    """Several SAEs and transcoders from one forward per batch; --out is then a folder."""
+    if args.layer is not None:
+        raise DataError("--layer/--component choose one hook point: with --hook-points name them there, "
+                        "e.g. --hook-points layers.3.mlp layers.3.output")
+    model, out = _load_model(args.model), Path(args.out)
+    saes = model.train_saes(args.hook_points or (), load_texts(args.dataset), _config(args),
+                            transcoders=args.transcoders or (), skip_transcoders=args.skip_transcoders or (),
+                            save_dir=out, cache_dir=args.cache_dir or out / "activation_cache",
+                            max_tokens=args.max_tokens)
+    for name, sae in saes.items():
+        print(f"saved {name} ({sae.d_hidden} latents) to {out / (name + '.mlx')}")
 
 
 def cmd_evaluate(args) -> None:
@@ -176,9 +192,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--port", type=int, default=8000)
     run.set_defaults(func=cmd_run)
 
-    train = sub.add_parser("train", help="train an SAE on one layer's activations")
+    train = sub.add_parser("train", help="train an SAE on one layer's activations (or several SAEs and "
+                                         "transcoders from one forward: --hook-points, --transcoders)")
     _add_training_args(train)
-    train.add_argument("--out", required=True, help="where to save the SAE, e.g. my_sae.mlx")
+    train.add_argument("--out", required=True, help="where to save the SAE, e.g. my_sae.mlx (a folder with "
+                                                    "--hook-points / --transcoders)")
+    train.add_argument("--hook-points", nargs="+", help="one SAE per matching hook point, e.g. 'layers.*.mlp' "
+                                                        "layers.3.output (components: output, mlp, attn, mlp_in)")
+    train.add_argument("--transcoders", nargs="+", type=int, help="layers to train an MLP transcoder on")
+    train.add_argument("--skip-transcoders", nargs="+", type=int, help="layers to train a skip transcoder on")
     train.set_defaults(func=cmd_train)
 
     evaluate = sub.add_parser("evaluate", help="reconstruction and downstream metrics of a saved SAE")

@@ -7,7 +7,7 @@ from typing import Any
 
 from .errors import TraceError
 
-COMPONENTS = ("mlp", "attn", "output")
+COMPONENTS = ("mlp", "attn", "output", "mlp_in")
 COMPONENT_ALIASES = {
     "mlp": "mlp",
     "attn": "attn",
@@ -17,6 +17,8 @@ COMPONENT_ALIASES = {
     "resid": "output",
     "residual": "output",
     "block": "output",
+    "mlp_in": "mlp_in",
+    "mlp_input": "mlp_in",
 }
 
 
@@ -25,7 +27,7 @@ def canonical_component(component: str) -> str:
     kind = COMPONENT_ALIASES.get(str(component).lower())
     if kind is None:
         raise TraceError(
-            f"unknown component {component!r}: use 'mlp', 'attn' or 'output' (also 'resid'), "
+            f"unknown component {component!r}: use 'mlp', 'attn', 'output' (also 'resid') or 'mlp_in', "
             "or a module path such as 'model.layers.3.mlp'"
         )
     return kind
@@ -34,7 +36,8 @@ def canonical_component(component: str) -> str:
 @dataclass(frozen=True)
 class HookPoint:
     """Where activations are read: block `layer`'s `component` ("mlp", "attn" or "output", the
-    residual stream after the block), at mlx-lm module `path` (e.g. "model.layers.3.mlp").
+    residual stream after the block, or "mlp_in", the MLP's input after its norm, which
+    transcoders read), at mlx-lm module `path` (e.g. "model.layers.3.mlp") and `port`.
 
     Build one from a model with `model.hook_point(layer, component)`, which resolves the path.
     """
@@ -45,6 +48,16 @@ class HookPoint:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "component", canonical_component(self.component))
+
+    @property
+    def port(self) -> str:
+        """Which side of the module at `path` holds the activations: "input" for "mlp_in", else "output"."""
+        return "input" if self.component == "mlp_in" else "output"
+
+    @property
+    def name(self) -> str:
+        """The name patterns match, e.g. "layers.3.mlp" ("layers.*.mlp" in `model.train_saes`)."""
+        return f"layers.{self.layer}.{self.component}"
 
     @property
     def label(self) -> str:

@@ -23,7 +23,7 @@ from .errors import ContextLengthWarning, TraceError
 from .generation import Generation
 from .hookpoint import HookPoint
 from .loading import load_model
-from .pipeline import DEFAULT_COMPONENT, train_sae_on_model
+from .pipeline import DEFAULT_COMPONENT, train_sae_on_model, train_saes_on_model
 from .platform import warn_if_slow_blas
 from .sae import SAE, SAEConfig, load_sae
 from .tracing import Interventions, Trace
@@ -267,6 +267,14 @@ class InterpretableModel:
         """
         return train_sae_on_model(self, layer, dataset, component, config, save_path, cache_dir,
                                   max_tokens, progress)
+
+    def train_saes(self, hook_points: str | Sequence[str] = (), dataset: Any = None, config: SAEConfig | None = None,
+                   **options: Any) -> dict[str, SAE]:
+        """Train one SAE per hook point matching `hook_points` ("layers.*.mlp", ...) and the
+        transcoders of `transcoders=[layer, ...]` / `skip_transcoders=[...]`, from one forward per
+        batch; returns them by name ("layers.3.mlp", "layers.6.transcoder"). Options: save_dir,
+        cache_dir, max_tokens, progress (`mlxterp.pipeline.train_saes_on_model`; docs/sae.md)."""
+        return train_saes_on_model(self, hook_points, dataset, config, **options)
 
     def load_sae(
         self, path: str | os.PathLike, layer: int | None = None, component: str | None = None, strict: bool = True,

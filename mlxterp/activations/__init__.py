@@ -4,7 +4,7 @@ With tracing, the only stage that runs the language model to produce data.
 """
 
 from .contexts import ContextSettings, Contexts, keep_mask, pack_texts, special_token_ids
-from .norm_limit import norm_limit, within_limit
+from .norm_limit import norm_limit, within_limit, within_limits
 from .store import ActivationStore
 
 __all__ = [
@@ -16,4 +16,5 @@ __all__ = [
     "pack_texts",
     "special_token_ids",
     "within_limit",
+    "within_limits",
 ]

@@ -24,6 +24,16 @@ def norm_limit(sample, max_norm_ratio: float | None) -> float | None:
     return float(max_norm_ratio * np.median(norms))
 
 
+def within_limits(rows: np.ndarray, limits, width: int) -> np.ndarray:
+    """(n,) bool: True where every `width`-wide part i of `rows` (n, len(limits) * width) is within
+    `limits[i]` (None: no limit), e.g. a transcoder's [input | target] rows."""
+    keep = np.ones(len(rows), dtype=bool)
+    for i, limit in enumerate(limits):
+        if limit is not None:
+            keep &= np.linalg.norm(np.asarray(rows)[:, i * width : (i + 1) * width], axis=-1) <= limit
+    return keep
+
+
 def within_limit(acts, max_token_norm: float | None) -> mx.array:
     """(...,) bool: True where a token of `acts` (..., d_model) has norm at most `max_token_norm`
     (every token when it is None)."""

@@ -1,4 +1,5 @@
-"""Activation store: stream one hook point's activations over a text dataset, shuffled and cached.
+"""Activation store: stream one hook point's activations (or several, captured by one forward and
+served side by side in each row) over a text dataset, shuffled and cached.
 
 Texts are packed into contexts (`pack_texts`); only the positions that count are kept. With
 `max_token_norm` set, tokens whose activation norm exceeds it are dropped too (the norm limit).
@@ -39,6 +40,10 @@ CACHE_VERSION = 3  # 3: the manifest names the model's fingerprint
 class ActivationStore:
     """Activations (n_tokens, d_model) at `hook` over a dataset, served in batches.
 
+    `hook` may be a sequence of hook points: one forward captures them all and a row holds
+    their activations side by side, (n_tokens, len(hooks) * d_model) in `hooks` order
+    (`columns(i)` slices hook i's); the cache holds them all.
+
     `batches(batch_size)` yields shuffled float32 mx.arrays for one epoch; it runs the model
     on the first epoch (writing the cache when `cache_dir` is set) and reads the cache after.
     The cache holds every kept token; `max_token_norm` (None: no limit) filters what is served,
@@ -49,7 +54,7 @@ class ActivationStore:
         self,
         model: "InterpretableModel",
         texts: Sequence[str],
-        hook: HookPoint,
+        hook: HookPoint | Sequence[HookPoint],
         contexts: ContextSettings = ContextSettings(),
         *,
         cache_dir: str | os.PathLike | None = None,
@@ -64,7 +69,10 @@ class ActivationStore:
         if not texts:
             raise DataError("the dataset is empty: pass at least one non-empty text")
         self.model = model
-        self.hook = hook
+        self.hooks = (hook,) if isinstance(hook, HookPoint) else tuple(hook)
+        if not self.hooks or len(set(self.hooks)) != len(self.hooks):
+            raise DataError(f"the store needs one or more distinct hook points, got {hook!r}")
+        self.hook = self.hooks[0]
         self.settings = contexts
         self.seed = seed
         self.contexts_per_forward = contexts_per_forward
@@ -81,7 +89,15 @@ class ActivationStore:
 
     @property
     def d_model(self) -> int:
-        return self.model.d_model
+        """Width of a row: the model's d_model per hook point."""
+        return self.model.d_model * len(self.hooks)
+
+    def columns(self, i: int) -> slice:
+        """The columns of a row that hold hook point `self.hooks[i]`."""
+        return slice(i * self.model.d_model, (i + 1) * self.model.d_model)
+
+    def _hook_key(self):
+        return self.hook.to_dict() if len(self.hooks) == 1 else [h.to_dict() | {"port": h.port} for h in self.hooks]
 
     def _cache_key(self, texts: Sequence[str]) -> str:
         digest = hashlib.sha256()
@@ -89,7 +105,7 @@ class ActivationStore:
             digest.update(text.encode("utf-8", "replace"))
             digest.update(b"\0")
         meta = json.dumps(
-            {"model": self.model.name, "hook": self.hook.to_dict(), "contexts": self.settings.to_dict(),
+            {"model": self.model.name, "hook": self._hook_key(), "contexts": self.settings.to_dict(),
              "seed": self.seed, "max_tokens": self.max_tokens, "name": self.name}, sort_keys=True
         )
         digest.update(meta.encode())
@@ -105,12 +121,13 @@ class ActivationStore:
         for start in range(0, len(order), step):
             rows = order[start : start + step]
             with self.model.trace(mx.array(self.contexts[rows]), default_capture=False):
-                saved = self.model.module(self.hook.path).output.save()
-            chunk = np.asarray(saved.value.astype(mx.float32))[self.keep[rows]]
+                saved = [getattr(self.model.module(h.path), h.port).save() for h in self.hooks]
+            values = mx.concatenate([s.value.astype(mx.float32) for s in saved], axis=-1)
+            chunk = np.asarray(values)[self.keep[rows]]
             if not np.isfinite(chunk).all():
                 raise DataError(
-                    f"the model produced NaN/inf activations at {self.hook.path}: check the model's "
-                    "weights and dtype (compute in float32 on CPU)"
+                    f"the model produced NaN/inf activations at {', '.join(h.path for h in self.hooks)}: "
+                    "check the model's weights and dtype (compute in float32 on CPU)"
                 )
             if self.max_tokens is not None:
                 chunk = chunk[: self.max_tokens - produced]
@@ -138,7 +155,7 @@ class ActivationStore:
         return manifest.get("n_tokens") == self.n_tokens
 
     def _identity(self) -> dict:
-        return {"model": self.model.name, "model_fingerprint": self.model.fingerprint, "hook": self.hook.to_dict(),
+        return {"model": self.model.name, "model_fingerprint": self.model.fingerprint, "hook": self._hook_key(),
                 "contexts": self.settings.to_dict(), "seed": self.seed, "d_model": self.d_model}
 
     def _chunks_writing_cache(self, order: np.ndarray) -> Iterator[np.ndarray]:

@@ -99,7 +99,7 @@ def analyze_text(
     point = sae_hook_point(sae, model)
     drop_first = (contexts or ContextSettings.from_metadata(sae.metadata)).drop_first_tokens
     with model.trace(prompt, default_capture=False) as trace:
-        saved = model.module(point.path).output.save()
+        saved = getattr(model.module(point.path), point.port).save()
     codes = np.array(sae.encode(saved.value.astype(mx.float32))[0])
     tokens = model.to_str_tokens(trace.tokens[0])
     ranked = np.array(sae.within_norm_limit(saved.value[0]))

@@ -2,7 +2,8 @@
 
 The SAE is spliced in (`sae_edit_fn`, the one splice) at every position from the contexts'
 `drop_first_tokens` on; tokens above the SAE's norm limit keep their own activation, as the SAE
-never trained on them.
+never trained on them. A transcoder replaces its output hook point (the MLP's output), and zero
+ablation zeroes that.
 """
 
 from __future__ import annotations
@@ -12,12 +13,12 @@ from typing import TYPE_CHECKING, Sequence
 import mlx.core as mx
 import numpy as np
 
-from ..activations import ActivationStore, ContextSettings
+from ..activations import ActivationStore, ContextSettings, within_limits
 from ..data import load_texts
 from ..errors import SAEError
 from ..sae.checks import resolve_model, sae_hook_point
 from ..sae.metrics import evaluate_reconstruction
-from .interventions import sae_edit_fn
+from .interventions import sae_edit_fn, splice_edit
 
 if TYPE_CHECKING:
     from ..hookpoint import HookPoint
@@ -55,7 +56,8 @@ def downstream_metrics(
     """
     positions = slice(drop_first_tokens, None)
     variants = {"clean": None, "sae": sae_edit_fn(sae, error_term=False),
-                "sae_with_error": sae_edit_fn(sae, error_term=True), "zero_ablation": mx.zeros_like}
+                "sae_with_error": sae_edit_fn(sae, error_term=True),
+                "zero_ablation": _zero_ablation}
     totals = {name: 0.0 for name in variants}
     kl_total = 0.0
     count = 0.0
@@ -66,7 +68,7 @@ def downstream_metrics(
         for name, edit in variants.items():
             with model.trace(tokens, default_capture=False):
                 if edit is not None:
-                    model.module(hook.path).output.edit(edit, positions=positions)
+                    splice_edit(sae, model, edit, positions, f"evaluate ({name})", hook.layer)
                 saved = model.output.save()
             logits[name] = saved.value
             totals[name] += float(mx.sum(_next_token_losses(saved.value, tokens) * weight))
@@ -103,16 +105,36 @@ def evaluate_sae(
     Returns MSE, explained variance, FVU, L0, dead and dense fractions and reconstruction cosine
     over `n_tokens` tokens (less those above the SAE's norm limit), plus the downstream CE
     numbers of `downstream_metrics` over `n_ce_contexts` contexts. The hook point is the SAE's
-    own; `contexts` default to what the SAE was trained with (its metadata). `model` None uses
-    the model the SAE is attached to.
+    own (a transcoder: FVU of its output hook point's value); `contexts` default to what the SAE
+    was trained with (its metadata). `model` None uses the model the SAE is attached to.
     """
     model = resolve_model(sae, model)
     hook = sae_hook_point(sae, model)
     settings = contexts or ContextSettings.from_metadata(sae.metadata)
-    store = ActivationStore(model, load_texts(dataset), hook, settings, max_tokens=n_tokens, seed=1234,
-                            progress=progress, name="eval", max_token_norm=sae.metadata.get("max_token_norm"))
-    metrics = evaluate_reconstruction(sae, store.batches(batch_size))
+    meta = sae.metadata
+    if not sae.transcode:
+        store = ActivationStore(model, load_texts(dataset), hook, settings, max_tokens=n_tokens, seed=1234,
+                                progress=progress, name="eval", max_token_norm=meta.get("max_token_norm"))
+        batches = store.batches(batch_size)
+    else:
+        out = sae.output_hook_point
+        store = ActivationStore(model, load_texts(dataset), (hook, model.hook_point(out.layer, out.component)),
+                                settings, max_tokens=n_tokens, seed=1234, progress=progress, name="eval")
+        limits = [meta.get("max_token_norm"), meta.get("max_target_norm")]
+        batches = (rows[mx.array(np.flatnonzero(keep))] for rows in store.batches(batch_size)
+                   if (keep := within_limits(np.asarray(rows), limits, sae.d_model)).any())
+    metrics = evaluate_reconstruction(sae, batches)
     n = min(n_ce_contexts, len(store.contexts))
     metrics.update(downstream_metrics(sae, model, store.contexts[:n], store.keep[:n], hook,
                                       settings.drop_first_tokens))
     return metrics
+
+
+def _zero_ablation(x: mx.array, y: mx.array | None = None, index=None) -> mx.array:
+    """The value an SAE (x) or transcoder (y) replaces, zeroed at the positions `index`."""
+    target = x if y is None else y
+    if index is None:
+        return mx.zeros_like(target)
+    chosen = mx.zeros((target.shape[1],), dtype=mx.bool_)
+    chosen[index] = True
+    return mx.where(chosen[None, :, None], mx.zeros_like(target), target)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import mlx.core as mx
 import numpy as np
 
+from ..activations import within_limit
 from ..errors import SAEError, TraceError
 from ..envoy import Port
 from ..tracing import Edit, Positions
@@ -83,22 +84,27 @@ def clamp(features: int | Sequence[int], min: float | None = None, max: float | 
 
 def sae_edit_fn(sae: "SAE", edits: Sequence[FeatureEdit] = (), error_term: bool = True,
                 codes_point: Callable[[mx.array], mx.array] | None = None) -> Callable:
-    """x (..., d_model) -> the SAE's reconstruction from edited codes (+ x - sae(x) if error_term).
+    """(x, y=None, index=None) -> the SAE's reconstruction from edited codes (+ y - clean
+    reconstruction if error_term), for y, the value replaced: x itself for an SAE, the output
+    hook point's value for a transcoder (x its input; `splice_edit` declares both).
 
-    With `error_term` the SAE is a transparent window: the output is x plus what the edits change
-    in the reconstruction, so with no edits it is exactly x. Tokens above the SAE's norm limit
-    (attention sinks it never trained on) pass through unchanged. The returned function also
-    takes `index`, the token positions to splice (None: all). `codes_point` sees the edited
-    codes (batch, seq, d_hidden), 0 where nothing is spliced, and may replace them (the trace's
-    saves, edits and gradients of `splice_sae(...).codes`).
+    With `error_term` the SAE is a transparent window: the output is y plus what the edits change
+    in the reconstruction, so with no edits it is exactly y. Tokens above the SAE's norm limit
+    (attention sinks it never trained on) pass through unchanged. `index` is the token positions
+    to splice (None: all). `codes_point` sees the edited codes (batch, seq, d_hidden), 0 where
+    nothing is spliced, and may replace them (the trace's saves, edits and gradients of
+    `splice_sae(...).codes`).
     """
     for edit in edits:
         check_features(sae, list(edit.features))
 
-    def spliced(x: mx.array, index: mx.array | None = None) -> mx.array:
+    def spliced(x: mx.array, y: mx.array | None = None, index: mx.array | None = None) -> mx.array:
         raw = x.astype(mx.float32)
+        target = raw if y is None else y.astype(mx.float32)
         codes = sae.encode(raw)
         keep = sae.within_norm_limit(raw)
+        if y is not None:
+            keep = keep & within_limit(target, sae.metadata.get("max_target_norm"))
         if index is not None:
             chosen = mx.zeros((x.shape[1],), dtype=mx.bool_)
             chosen[index] = True
@@ -110,14 +116,43 @@ def sae_edit_fn(sae: "SAE", edits: Sequence[FeatureEdit] = (), error_term: bool 
             edited = codes_point(edited * keep[..., None].astype(edited.dtype))
         token_norm = sae.token_norm(raw)
         if error_term:
-            # x + (edited - clean reconstruction) rather than reconstruction + (x - clean
-            # reconstruction): equal in exact arithmetic, but only this one returns x bit for bit.
-            out = raw + (sae.decode(edited, token_norm) - sae.decode(codes, token_norm))
+            # y + (edited - clean reconstruction) rather than reconstruction + (y - clean
+            # reconstruction): equal in exact arithmetic, but only this one returns y bit for bit.
+            out = target + (sae.decode(edited, token_norm) - sae.decode(codes, token_norm))
         else:
-            out = sae.decode(edited, token_norm)
-        return mx.where(keep[..., None], out, raw).astype(x.dtype)
+            out = sae.decode(edited, token_norm, x=raw)
+        return mx.where(keep[..., None], out, target).astype((x if y is None else y).dtype)
 
     return spliced
+
+
+def splice_edit(sae: "SAE", model: "InterpretableModel", fn: Callable, positions: Positions, label: str,
+                layer: int | None = None) -> None:
+    """Declare `fn(x, y=None, index=None)` (e.g. `sae_edit_fn`) as the edit of what `sae`
+    reconstructs, in the open trace or generation, at the token positions `index`.
+
+    An SAE reads and writes one hook point: `fn(x, index=...)` edits it. A transcoder reads its
+    input hook point and writes its output one: `fn(x, y, index)` gets both and returns the new y.
+    """
+    read = sae_hook_point(sae, model, layer)
+    out = sae.output_hook_point
+    write = model.hook_point(out.layer, out.component)
+    interventions = model._active_interventions(label)
+    if any(e.label == label for e in interventions.edits.get((write.path, write.port), ())):
+        raise SAEError(f"an SAE is already spliced at {write.path} in this block: splice one SAE per hook point")
+    if write == read:
+        interventions.add_edit(write.path, write.port,
+                               Edit(lambda x, index: fn(x, index=index), positions, label, takes_index=True))
+        return
+    seen: dict[str, mx.array] = {}
+
+    def remember(x: mx.array, index) -> mx.array:
+        seen["x"] = x
+        return x
+
+    interventions.add_edit(read.path, read.port, Edit(remember, positions, label, takes_index=True))
+    interventions.add_edit(write.path, write.port,
+                           Edit(lambda y, index: fn(seen["x"], y, index), positions, label, takes_index=True))
 
 
 def splice_sae(
@@ -128,7 +163,8 @@ def splice_sae(
     layer: int | None = None,
     positions: Positions = slice(1, None),
 ) -> "Splice":
-    """Replace the SAE's hook point output by its reconstruction, with `edits` applied to codes.
+    """Replace the SAE's hook point output by its reconstruction, with `edits` applied to codes
+    (a transcoder: replace its output hook point, the MLP's output, by what it makes of its input).
 
     Call inside `with model.trace(...)` or `with model.generate(...)`. `positions` defaults to
     every position but the first (the attention sink, which SAEs are not trained on); tokens
@@ -141,12 +177,8 @@ def splice_sae(
     """
     model = resolve_model(sae, model)
     path = sae_hook_point(sae, model, layer).path
-    interventions = model._active_interventions("splice_sae()")
-    if any(e.label == "splice_sae()" for e in interventions.edits.get((path, "output"), ())):
-        raise SAEError(f"an SAE is already spliced at {path} in this block: splice one SAE per hook point")
-    point = functools.partial(interventions.inner, path, "codes")
-    edit = Edit(sae_edit_fn(sae, edits, error_term, point), positions, "splice_sae()", takes_index=True)
-    interventions.add_edit(path, "output", edit)
+    point = functools.partial(model._active_interventions("splice_sae()").inner, path, "codes")
+    splice_edit(sae, model, sae_edit_fn(sae, edits, error_term, point), positions, "splice_sae()", layer)
     return Splice(sae, Port(model, path, "codes"))
 
 
@@ -180,7 +212,10 @@ def steer(
     if feature_idx is None:
         raise SAEError("steer needs feature_idx=<the feature to add>")
     model = resolve_model(sae, model)
-    path = sae_hook_point(sae, model, layer).path
+    sae_hook_point(sae, model, layer)
+    out = sae.output_hook_point  # a transcoder's features live in its output space
+    write = model.hook_point(out.layer, out.component)
+    path = write.path
     indices = check_features(sae, feature_idx)
     given = np.asarray(strength, dtype=np.float64).reshape(-1)
     if not np.all(np.isfinite(given)):
@@ -194,7 +229,7 @@ def steer(
         directions = feature_directions(sae, indices, sae.token_norm(x.astype(mx.float32)))
         return (x + mx.sum(directions * strengths, axis=-2)).astype(x.dtype)
 
-    Port(model, path, "output").edit(add_features, positions, f"steer(feature_idx={feature_idx!r})")
+    Port(model, path, write.port).edit(add_features, positions, f"steer(feature_idx={feature_idx!r})")
 
 
 @dataclass

@@ -79,7 +79,7 @@ def scan(
     Returns:
         The packed contexts (to turn token indices back into text).
     """
-    path = sae_hook_point(sae, model).path
+    point = sae_hook_point(sae, model)
     columns = None if feature_indices is None else check_features(sae, feature_indices)
     settings = contexts or ContextSettings.from_metadata(sae.metadata)
     packed = pack_texts(model, load_texts(dataset), settings, n_tokens)
@@ -89,17 +89,17 @@ def scan(
 
         starts = tqdm(starts, desc="scanning", unit="batch")
     for start in starts:
-        batch = _encode_batch(sae, model, path, packed, start, contexts_per_forward, columns)
+        batch = _encode_batch(sae, model, point, packed, start, contexts_per_forward, columns)
         for consumer in consumers:
             consumer.update(batch)
     return packed
 
 
-def _encode_batch(sae, model, path, contexts: Contexts, start: int, size: int, columns) -> CodeBatch:
+def _encode_batch(sae, model, point, contexts: Contexts, start: int, size: int, columns) -> CodeBatch:
     tokens = contexts.tokens[start : start + size]
     keep = contexts.keep[start : start + size].ravel()
     with model.trace(mx.array(tokens), default_capture=False):
-        saved = model.module(path).output.save()
+        saved = getattr(model.module(point.path), point.port).save()
     acts = saved.value.reshape(-1, saved.value.shape[-1])
     keep = keep & np.array(sae.within_norm_limit(acts))
     row, feature, value = _nonzero_codes(sae, acts)

@@ -2,7 +2,8 @@
 
 Layout (format "mlxterp.sae", version 1; docs/sae.md "File format"):
   tensors  W_enc (d_hidden, d_model), b_enc (d_hidden,), W_dec (d_hidden, d_model) unless tied,
-           b_dec (d_model,), threshold (() or JumpReLU's (d_hidden,)), norm_stats.<name> (normalization statistics)
+           b_dec (d_model,), threshold (() or JumpReLU's (d_hidden,)), norm_stats.<name> (normalization statistics);
+           transcoders add target_norm_stats.<name> and, with a skip term, W_skip (d_model, d_model)
   header   format, format_version, sae (JSON: constructor arguments), metadata (JSON),
            library_version, checksum_version, checksum (sha256 over every tensor's name, dtype,
            shape and bytes and, from checksum_version 2, every other header entry; files without
@@ -142,5 +143,8 @@ def sae_tensors(sae) -> dict[str, mx.array]:
 
 def sae_spec(sae) -> dict[str, Any]:
     """The constructor arguments that rebuild `sae`'s shape and kind."""
-    return {"d_model": sae.d_model, "d_hidden": sae.d_hidden, "k": sae.k, "architecture": sae.architecture,
+    spec = {"d_model": sae.d_model, "d_hidden": sae.d_hidden, "k": sae.k, "architecture": sae.architecture,
             "tied_weights": sae.tied_weights, "normalization": sae.normalization}
+    if getattr(sae, "transcode", False):
+        spec.update(transcode=True, skip=sae.skip)
+    return spec

@@ -21,6 +21,7 @@ from typing import Callable
 import mlx.core as mx
 
 from ..errors import SAEError
+from .io import sae_spec, sae_tensors
 
 # JumpReLU's L0 must land within this fraction of its target (the config's k).
 L0_TOLERANCE = 0.2
@@ -92,3 +93,15 @@ def check_l0(l0: float, target: int, coefficient: float, steps: int) -> None:
         f"the JumpReLU L0 target k={target} was not met: the L0 over the last logged steps is {l0:.1f}, "
         f"{abs(l0 / target - 1):.0%} off after {steps} steps (allowed {L0_TOLERANCE:.0%}); {how}. Nothing was "
         "saved; the trained SAE is still trainer.sae (save it with trainer.sae.save(path) to keep it)")
+
+
+def to_jumprelu(sae):
+    """A JumpReLU copy of a (Matryoshka) BatchTopK SAE: its learned scalar threshold becomes every
+    latent's threshold, so the codes are identical (what SAELens saves BatchTopK SAEs as)."""
+    if sae.architecture not in ("batchtopk", "matryoshka_batchtopk"):
+        raise SAEError(f"only a 'batchtopk' SAE converts to JumpReLU, this one is {sae.architecture!r}")
+    spec = {**sae_spec(sae), "architecture": "jumprelu"}
+    tensors = {**sae_tensors(sae), "threshold": mx.full((sae.d_hidden,), sae.threshold)}
+    converted = type(sae).from_parts(spec, tensors, "this SAE")
+    converted.metadata = {**sae.metadata, "converted_from": sae.architecture}
+    return converted

@@ -13,6 +13,7 @@ from ..errors import SAEError
 from .ops import latent_totals
 
 if TYPE_CHECKING:
+    from .config import SAEConfig
     from .model import SAE
 
 DENSE_FREQUENCY = 0.1
@@ -125,7 +126,8 @@ class FeatureStats:
 def evaluate_reconstruction(
     sae: "SAE", activation_batches: Iterable[Any], per_feature: bool = False
 ) -> dict[str, Any]:
-    """Reconstruction quality and sparsity of `sae` over batches of raw activations (..., d_model).
+    """Reconstruction quality and sparsity of `sae` over batches of raw activations (..., d_model)
+    (a transcoder: rows [input | target] (..., 2 * d_model); its target's reconstruction counts).
 
     Returns floats: mse (raw scale, per element), fvu (squared error / total variance around the
     mean of all evaluated tokens), explained_variance (1 - fvu), l0 (mean active latents per
@@ -142,12 +144,13 @@ def evaluate_reconstruction(
     act_sum = mx.zeros((h,))
     act_max = mx.zeros((h,))
     for batch in activation_batches:
-        x = mx.array(batch).astype(mx.float32).reshape(-1, batch.shape[-1])
+        if batch.shape[-1] != sae.data_width:
+            raise SAEError(f"activations have width {batch.shape[-1]} but the SAE has d_model={sae.d_model}"
+                           + (" (a transcoder: rows [input | target] of width 2 * d_model)" if sae.transcode else ""))
+        inputs, x = sae.split_rows(batch)  # x: what is reconstructed (a transcoder's target)
         if x.shape[0] == 0:
             continue
-        if x.shape[-1] != sae.d_model:
-            raise SAEError(f"activations have width {x.shape[-1]} but the SAE has d_model={sae.d_model}")
-        recon, acts, idx = sae.reconstruct(x)
+        recon, acts, idx = sae.reconstruct(inputs)
         counts, sums, maxes = latent_totals(acts, idx, h)
         fired, act_sum, act_max = fired + counts, act_sum + sums, mx.maximum(act_max, maxes)
         batch_mean = mx.mean(x, axis=0)
@@ -191,3 +194,24 @@ def evaluate_reconstruction(
     if per_feature:
         out["per_feature"] = FeatureStats.from_totals(np.array(fired), np.array(act_sum), np.array(act_max), n)
     return out
+
+
+def start_wandb(sae: "SAE", config: "SAEConfig", learning_rate: float, n_tokens: int | None,
+                group: str | None = None):
+    """A W&B run for training `sae` with `config` (its metrics are logged under TRAINING_METRICS' names)."""
+    try:
+        import wandb
+    except ImportError:
+        raise SAEError("use_wandb=True needs the wandb package: pip install 'mlxterp[wandb]' "
+                       "(or pip install wandb), or set use_wandb=False") from None
+    meta = sae.metadata
+    return wandb.init(
+        project=config.wandb_project or "mlxterp-sae",
+        name=config.wandb_name,
+        group=group,
+        tags=list(config.wandb_tags) or None,
+        config={**config.to_dict(), "d_model": sae.d_model, "d_hidden": sae.d_hidden,
+                "layer": meta.get("layer"), "component": meta.get("component"),
+                "model_name": meta.get("model_name"), "tokens_per_epoch": n_tokens,
+                "learning_rate_resolved": learning_rate},
+    )

@@ -1,14 +1,14 @@
-"""The sparse autoencoder (TopK, BatchTopK, ReLU+L1, JumpReLU, Matryoshka BatchTopK), input normalization built in."""
+"""The sparse autoencoder: TopK (default), BatchTopK, ReLU+L1, JumpReLU or Matryoshka BatchTopK, input
+normalization built in; with `transcode` a transcoder (reads one hook point, reconstructs another; `skip`: plus x @ W_skip.T)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx.utils import tree_unflatten
 
 from ..activations.norm_limit import within_limit
 from ..errors import SAEError
@@ -17,43 +17,12 @@ from . import normalize as norm
 from .checks import compatibility_problems
 from .config import B_DEC_INITS, DEFAULT_BANDWIDTH, INFERENCE_ARCHITECTURES, SAEConfig, resolve_normalization
 from .entry_points import FeatureToolMethods
-from .formats import write_foreign
-from .io import SAE_FORMAT, SAE_FORMAT_VERSION, library_version, read_tensors, sae_spec, sae_tensors, write_tensors
+from .jumprelu import to_jumprelu
+from .outputs import ForwardOutput, Reconstruction
+from .persist import load_sae_file, sae_from_parts, save_sae
 from .matryoshka import nested_decode
 from .ops import dense_codes, geometric_median, unit_rows
 from .sparse_ops import sparse_decode, topk_encode
-
-
-class ForwardOutput(NamedTuple):
-    """Everything the training loss needs, in the normalized space, for n flattened tokens.
-
-    top_acts, top_indices: (n, k) kept activations and their latent ids (TopK). For "relu" and
-    "batchtopk" top_indices is None and top_acts is the dense (n, d_hidden) code matrix.
-    Scalars (names as in sae.metrics.TRAINING_METRICS): l0 (mean active latents per token),
-    recon_loss (squared error, mean per element), fvu (squared error / total variance of the
-    batch), auxk_loss (0 without dead latents), l1_loss (mean summed activation per token over
-    the batch's RMS centred norm, so it is scale-free like fvu). JumpReLU's l0 carries the threshold's
-    pseudo-derivative. prefix_fvu (levels,): with `prefixes`, the FVU of each nested prefix.
-    """
-
-    sae_out: mx.array
-    top_acts: mx.array
-    top_indices: mx.array | None
-    l0: mx.array
-    recon_loss: mx.array
-    fvu: mx.array
-    auxk_loss: mx.array
-    l1_loss: mx.array
-    prefix_fvu: mx.array | None = None
-
-
-class Reconstruction(NamedTuple):
-    """Inference pass: reconstruction (..., d_model) on the raw scale, and the codes that made it
-    (top_acts/top_indices (n, k) for TopK; dense (n, d_hidden) top_acts and None otherwise)."""
-
-    reconstruction: mx.array
-    top_acts: mx.array
-    top_indices: mx.array | None
 
 
 class SAE(FeatureToolMethods, nn.Module):
@@ -68,6 +37,10 @@ class SAE(FeatureToolMethods, nn.Module):
     >>> sae = SAE(d_model=576, d_hidden=9216, k=32)
     >>> codes = sae.encode(acts)        # (..., 9216), 32 nonzeros per token
     >>> recon = sae.decode(codes)       # (..., 576), raw activation scale
+
+    A transcoder (`transcode`) reads `hook_point` ("mlp_in") and reconstructs `output_hook_point`
+    ("mlp"), no b_dec subtracted from its input, its target normalized by `target_norm_stats`;
+    `skip` adds x_n @ W_skip.T. It trains on rows [input | target] (..., `data_width`).
     """
 
     def __init__(
@@ -79,6 +52,8 @@ class SAE(FeatureToolMethods, nn.Module):
         tied_weights: bool = False,
         normalization: str | bool = "none",
         seed: int = 0,
+        transcode: bool = False,
+        skip: bool = False,
     ):
         super().__init__()
         for name, value in (("d_model", d_model), ("d_hidden", d_hidden), ("k", k)):
@@ -88,8 +63,15 @@ class SAE(FeatureToolMethods, nn.Module):
             raise SAEError(f"k={k} exceeds d_hidden={d_hidden}: lower k or raise expansion_factor")
         if architecture not in INFERENCE_ARCHITECTURES:
             raise SAEError(f"architecture={architecture!r} is not supported: use one of {INFERENCE_ARCHITECTURES}")
+        if skip and not transcode:
+            raise SAEError("skip=True adds a linear skip term to a transcoder: pass transcode=True too")
+        if transcode and (tied_weights or resolve_normalization(normalization) == "unit_norm"):
+            raise SAEError("a transcoder's decoder writes another space than its encoder reads, and its "
+                           "output's norm is unknown at inference: use tied_weights=False and a "
+                           "normalization other than 'unit_norm'")
         self.k = k
         self.architecture = architecture
+        self.transcode, self.skip = bool(transcode), bool(skip)
         self.tied_weights = bool(tied_weights)
         self.normalization = resolve_normalization(normalization)
 
@@ -101,14 +83,21 @@ class SAE(FeatureToolMethods, nn.Module):
         self.b_dec = mx.zeros((d_model,))
         self.threshold = mx.zeros((d_hidden,)) if architecture == "jumprelu" else mx.array(0.0)
         self.norm_stats = norm.identity_stats(self.normalization, d_model)
-        self.freeze(keys=["norm_stats"] if architecture == "jumprelu" else ["threshold", "norm_stats"], recurse=False)
+        frozen = ["norm_stats"] if architecture == "jumprelu" else ["threshold", "norm_stats"]
+        if self.transcode:
+            self.target_norm_stats = norm.identity_stats(self.normalization, d_model)
+            frozen.append("target_norm_stats")
+        if self.skip:
+            self.W_skip = mx.zeros((d_model, d_model))  # sparsify's init: the skip term starts off
+        self.freeze(keys=frozen, recurse=False)
         object.__setattr__(self, "_metadata", {})
         self._sync_metadata()
 
     # -- construction --------------------------------------------------------------------
     @classmethod
-    def from_config(cls, d_model: int, config: SAEConfig) -> "SAE":
-        """An untrained SAE of the shape and kind `config` asks for, inputs of width `d_model`."""
+    def from_config(cls, d_model: int, config: SAEConfig, transcode: bool = False, skip: bool = False) -> "SAE":
+        """An untrained SAE (a transcoder with `transcode`) of the shape and kind `config` asks for,
+        inputs of width `d_model`."""
         sae = cls(
             d_model,
             config.d_hidden(d_model),
@@ -117,22 +106,26 @@ class SAE(FeatureToolMethods, nn.Module):
             tied_weights=config.tied_weights,
             normalization=config.normalization,
             seed=config.seed,
+            transcode=transcode,
+            skip=skip,
         )
         sae.metadata.update(config.contexts.to_dict())
         return sae
 
     def fit_normalization(self, sample: mx.array) -> None:
-        """Estimate the input normalization statistics from `sample` (..., d_model) raw activations."""
-        self._check_width(sample)
-        self.norm_stats = norm.fit_normalizer(self.normalization, sample)
+        """Estimate the normalization statistics from `sample` (..., data_width) raw training rows."""
+        inputs, target = self.split_rows(sample)
+        self.norm_stats = norm.fit_normalizer(self.normalization, inputs)
+        if self.transcode:
+            self.target_norm_stats = norm.fit_normalizer(self.normalization, target)
         self._sync_metadata()
 
     def init_b_dec(self, sample: mx.array, method: str = "geometric_median") -> None:
-        """Set b_dec from `sample` (..., d_model) raw activations: "geometric_median", "mean" or "zeros"."""
+        """Set b_dec from `sample` (..., data_width) raw training rows (a transcoder: from its
+        targets): "geometric_median", "mean" or "zeros"."""
         if method not in B_DEC_INITS:
             raise SAEError(f"b_dec_init={method!r} is not supported: use one of {B_DEC_INITS}")
-        self._check_width(sample)
-        x, _ = norm.normalize(self.normalization, self.norm_stats, self._flat(sample))
+        x = self._normalized_target(*self.split_rows(sample))
         if method == "geometric_median":
             self.b_dec = geometric_median(x)
         elif method == "mean":
@@ -152,6 +145,26 @@ class SAE(FeatureToolMethods, nn.Module):
     @property
     def d_hidden(self) -> int:
         return int(self.b_enc.shape[0])
+
+    @property
+    def data_width(self) -> int:
+        """Width of a training row: d_model, or 2 * d_model for a transcoder ([input | target])."""
+        return self.d_model * (2 if self.transcode else 1)
+
+    def split_rows(self, rows: mx.array) -> tuple[mx.array, mx.array]:
+        """(inputs, targets), each (n, d_model) float32, of training rows (..., data_width)."""
+        if rows.shape[-1] != self.data_width:
+            what = "[input | target] rows of width 2 * d_model" if self.transcode else "activations of width d_model"
+            raise SAEError(f"got width {rows.shape[-1]}, but this {'transcoder' if self.transcode else 'SAE'} "
+                           f"trains on {what} = {self.data_width}: pass the hook points it was built for")
+        flat = mx.array(rows).reshape(-1, self.data_width).astype(mx.float32)
+        return (flat[:, : self.d_model], flat[:, self.d_model :]) if self.transcode else (flat, flat)
+
+    @property
+    def output_hook_point(self) -> HookPoint | None:
+        """Where the reconstruction belongs: a transcoder's metadata "output_hook_point", else `hook_point`."""
+        out = self._metadata.get("output_hook_point")
+        return HookPoint.from_dict(out) if self.transcode and isinstance(out, dict) else self.hook_point
 
     @property
     def W_dec(self) -> mx.array:
@@ -208,6 +221,9 @@ class SAE(FeatureToolMethods, nn.Module):
             tied_weights=self.tied_weights,
             normalization=norm.summarize(self.normalization, self.norm_stats),
         )
+        if self.transcode:
+            self._metadata.update(transcode=True, skip=self.skip,
+                                  target_normalization=norm.summarize(self.normalization, self.target_norm_stats))
 
     def is_compatible(self, model: Any, layer: int | None = None, component: str | None = None) -> bool:
         """True when this SAE was trained on `model` (and on `layer`/`component`, when given).
@@ -239,15 +255,19 @@ class SAE(FeatureToolMethods, nn.Module):
         acts, idx = self._codes(self._centred(self._flat(x)))
         return self._check_finite(x, acts.reshape(*x.shape[:-1], self.k)), idx.reshape(*x.shape[:-1], self.k)
 
-    def decode(self, codes: mx.array, token_norm: mx.array | None = None) -> mx.array:
+    def decode(self, codes: mx.array, token_norm: mx.array | None = None, x: mx.array | None = None) -> mx.array:
         """Dense codes (..., d_hidden) -> reconstruction (..., d_model) on the raw activation scale.
 
         Only "unit_norm" SAEs need `token_norm` (..., 1), the input's own norm (`self.token_norm(x)`).
+        A skip transcoder adds its skip term of the raw input `x` (..., d_model) when given.
         """
         if codes.shape[-1] != self.d_hidden:
             raise SAEError(f"codes have {codes.shape[-1]} latents but this SAE has d_hidden={self.d_hidden}")
         y = codes.astype(mx.float32) @ self.W_dec + self.b_dec
-        return norm.denormalize(self.normalization, self.norm_stats, y, token_norm)
+        if self.skip and x is not None:
+            self._check_width(x)
+            y = y + self._skip_term(norm.normalize(self.normalization, self.norm_stats, x.astype(mx.float32))[0])
+        return self._denormalize(y, token_norm)
 
     def token_norm(self, x: mx.array) -> mx.array | None:
         """(..., 1) per-token norm that "unit_norm" divides by; None for other schemes."""
@@ -270,9 +290,9 @@ class SAE(FeatureToolMethods, nn.Module):
         """Inference pass over raw activations (..., d_model): reconstruction plus sparse codes."""
         self._check_width(x)
         x_n, token_norm = norm.normalize(self.normalization, self.norm_stats, self._flat(x))
-        acts, idx = self._codes(x_n - self.b_dec)
+        acts, idx = self._codes(x_n if self.transcode else x_n - self.b_dec)
         y = (acts @ self.W_dec if idx is None else sparse_decode(acts, idx, self.W_dec)) + self.b_dec
-        y = norm.denormalize(self.normalization, self.norm_stats, y, token_norm)
+        y = self._denormalize(y + self._skip_term(x_n), token_norm)
         return Reconstruction(y.reshape(x.shape), acts, idx)
 
     def _codes(self, centred: mx.array) -> tuple[mx.array, mx.array | None]:
@@ -285,15 +305,8 @@ class SAE(FeatureToolMethods, nn.Module):
         return acts, None
 
     def to_jumprelu(self) -> "SAE":
-        """A JumpReLU copy of this (Matryoshka) BatchTopK SAE: its learned scalar threshold becomes
-        every latent's threshold, so the codes are identical (what SAELens saves BatchTopK SAEs as)."""
-        if self.architecture not in ("batchtopk", "matryoshka_batchtopk"):
-            raise SAEError(f"only a 'batchtopk' SAE converts to JumpReLU, this one is {self.architecture!r}")
-        spec = {**sae_spec(self), "architecture": "jumprelu"}
-        tensors = {**sae_tensors(self), "threshold": mx.full((self.d_hidden,), self.threshold)}
-        sae = SAE.from_parts(spec, tensors, "this SAE")
-        sae.metadata = {**self._metadata, "converted_from": self.architecture}
-        return sae
+        """A JumpReLU copy of this (Matryoshka) BatchTopK SAE with identical codes (`jumprelu.to_jumprelu`)."""
+        return to_jumprelu(self)
 
     # -- training ------------------------------------------------------------------------
     def forward(self, x: mx.array, dead_mask: mx.array | None = None, k_aux: int | None = None,
@@ -305,23 +318,25 @@ class SAE(FeatureToolMethods, nn.Module):
         min(n_dead / k_aux, 1). BatchTopK keeps the top n*k activations of the whole batch. JumpReLU's
         threshold gradients have kernel width `bandwidth`; `prefixes` (Matryoshka) are the levels' widths.
         """
-        flat = self._flat(x)
-        x_n, _ = norm.normalize(self.normalization, self.norm_stats, flat)
-        centred = x_n - self.b_dec
+        inputs, target = self.split_rows(x)
+        x_n, _ = norm.normalize(self.normalization, self.norm_stats, inputs)
+        centred = x_n if self.transcode else x_n - self.b_dec
+        t_n = self._normalized_target(inputs, target) if self.transcode else x_n
         n = x_n.shape[0]
         if self.architecture == "topk":
             # b_dec goes in whole: its encoder gradient is then one gemv, not a gather of n*k rows.
-            acts, idx = topk_encode(x_n, self.W_enc, self.b_enc, self.k, b_dec=self.b_dec)
-            sae_out = sparse_decode(acts, idx, self.W_dec) + self.b_dec
+            acts, idx = topk_encode(x_n, self.W_enc, self.b_enc, self.k, b_dec=None if self.transcode else self.b_dec)
+            sae_out = sparse_decode(acts, idx, self.W_dec) + self.b_dec + self._skip_term(x_n)
             l0 = prefix_err = None
         else:
             acts, pre, l0 = dense_codes(centred @ self.W_enc.T + self.b_enc, self.architecture, self.k,
                                         self.threshold, bandwidth)
-            dec, prefix_err = (nested_decode(acts, self.W_dec, centred, prefixes) if prefixes
+            base = self.b_dec + self._skip_term(x_n)
+            dec, prefix_err = (nested_decode(acts, self.W_dec, t_n - base, prefixes) if prefixes
                                else (acts @ self.W_dec, None))
-            sae_out, idx = dec + self.b_dec, None
-        residual = x_n - sae_out
-        total_variance = mx.maximum(mx.sum(mx.square(x_n - mx.mean(x_n, axis=0))), 1e-12)
+            sae_out, idx = dec + base, None
+        residual = t_n - sae_out
+        total_variance = mx.maximum(mx.sum(mx.square(t_n - mx.mean(t_n, axis=0))), 1e-12)
         sq_error = mx.sum(mx.square(residual))
         per_token_sum = mx.sum(acts, axis=-1)
         auxk_loss = mx.array(0.0)
@@ -351,49 +366,22 @@ class SAE(FeatureToolMethods, nn.Module):
         kth = mx.min(mx.topk(mx.stop_gradient(masked), k_aux, axis=-1), axis=-1, keepdims=True)
         return mx.where(masked >= kth, masked, 0.0) @ self.W_dec
 
-    # -- persistence ---------------------------------------------------------------------
+    # -- persistence (mlxterp/sae/persist.py) --------------------------------------------
     def save(self, path: str | os.PathLike, format: str = "mlxterp") -> None:
         """Write this SAE (weights, normalization, metadata) to one safetensors file, atomically
         (any suffix; ".mlx" and ".safetensors" are usual; docs/sae.md "File format"); format="saelens"
         or "sparsify": a folder those libraries load, normalization folded in (docs/interop.md)."""
-        if format != "mlxterp":
-            return write_foreign(self, path, format)
-        self._metadata["library_version"] = library_version()
-        self._sync_metadata()
-        header = {"sae": sae_spec(self), "metadata": self._metadata}
-        write_tensors(path, sae_tensors(self), header, SAE_FORMAT, SAE_FORMAT_VERSION)
+        save_sae(self, path, format)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "SAE":
-        """Read an SAE that `save` wrote; foreign, corrupt or truncated files raise SAEError
-        (`load_sae` also checks it against a model)."""
-        tensors, header = read_tensors(path, SAE_FORMAT, SAE_FORMAT_VERSION, "SAE")
-        if not isinstance(header.get("sae"), dict):
-            raise SAEError(f"{path} lacks the 'sae' header entry describing its shape: save the SAE again")
-        sae = cls.from_parts(header["sae"], tensors, path)
-        if isinstance(header.get("metadata"), dict):
-            sae.metadata = header["metadata"]
-        return sae
+        """Read an SAE that `save` wrote; others raise SAEError (`load_sae` also checks the model)."""
+        return load_sae_file(cls, path)
 
     @classmethod
     def from_parts(cls, spec: dict[str, Any], tensors: dict[str, Any], path: Path | str) -> "SAE":
         """Rebuild an SAE from `sae_spec` and `sae_tensors` output, checking every name and shape."""
-        try:
-            sae = cls(**spec)
-        except (TypeError, SAEError) as exc:
-            raise SAEError(f"{path}: invalid SAE description {spec!r} ({exc})") from None
-        expected = sae_tensors(sae)
-        missing = sorted(set(expected) - set(tensors))
-        extra = sorted(set(tensors) - set(expected))
-        if missing or extra:
-            raise SAEError(f"{path} does not hold this SAE's tensors (missing {missing}, unexpected {extra}): "
-                           "the file is damaged or from another program")
-        for name, ref in expected.items():
-            if tuple(tensors[name].shape) != tuple(ref.shape):
-                raise SAEError(f"{path}: tensor {name} has shape {tuple(tensors[name].shape)}, expected "
-                               f"{tuple(ref.shape)} for {spec}")
-        sae.update(tree_unflatten([(name, mx.array(tensors[name]).astype(mx.float32)) for name in expected]))
-        return sae
+        return sae_from_parts(cls, spec, tensors, path)
 
     # -- helpers -------------------------------------------------------------------------
     def _pre_acts(self, centred: mx.array) -> mx.array:
@@ -401,7 +389,18 @@ class SAE(FeatureToolMethods, nn.Module):
 
     def _centred(self, flat: mx.array) -> mx.array:
         x_n, _ = norm.normalize(self.normalization, self.norm_stats, flat)
-        return x_n - self.b_dec
+        return x_n if self.transcode else x_n - self.b_dec
+
+    def _skip_term(self, x_n: mx.array) -> mx.array | float:
+        return x_n @ self.W_skip.T if self.skip else 0.0
+
+    def _normalized_target(self, inputs: mx.array, target: mx.array) -> mx.array:
+        stats = self.target_norm_stats if self.transcode else self.norm_stats
+        return norm.normalize(self.normalization, stats, target if self.transcode else inputs)[0]
+
+    def _denormalize(self, y: mx.array, token_norm: mx.array | None) -> mx.array:
+        stats = self.target_norm_stats if self.transcode else self.norm_stats
+        return norm.denormalize(self.normalization, stats, y, token_norm)
 
     def _flat(self, x: mx.array) -> mx.array:
         return mx.array(x).reshape(-1, self.d_model).astype(mx.float32)

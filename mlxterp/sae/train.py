@@ -26,9 +26,10 @@ from . import train_data
 from .checkpoints import checkpoint_path, load_checkpoint, save_checkpoint
 from .config import MAX_DEAD_TOKENS_THRESHOLD, SAEConfig
 from .data_parallel import DataParallel
-from .jumprelu import check_l0, initial_threshold, l0_penalty
+from .initialize import INIT_TOKENS, initialization_sample, initialize  # noqa: F401 (INIT_TOKENS: public)
+from .jumprelu import check_l0, l0_penalty
 from .matryoshka import resolve_prefixes
-from .metrics import TRAINING_METRICS, FeatureStats, evaluate_reconstruction
+from .metrics import TRAINING_METRICS, FeatureStats, evaluate_reconstruction, start_wandb
 from .model import SAE
 from .ops import latent_totals
 from .optim import apply_update, lr_at, training_cache_limit
@@ -36,7 +37,6 @@ from .resample import resample_dead
 from .train_data import TrainData
 
 # Tokens used to fit input normalization and the b_dec init when no init_sample is given.
-INIT_TOKENS = 1 << 15
 # BatchTopK threshold: running mean of the per-batch threshold for the first 1/THRESHOLD_EMA
 # updates, then an EMA with this weight (forgets the estimates of early, untrained weights).
 THRESHOLD_EMA = 0.01
@@ -61,6 +61,9 @@ class SAETrainer:
                 f"the SAE (k={sae.k}, {sae.architecture!r}) and the config (k={config.k}, "
                 f"{config.architecture!r}) disagree: build the SAE with SAE.from_config(d_model, config)"
             )
+        if sae.transcode and config.resample_dead_every:
+            raise SAEError("resample_dead_every resamples an SAE's latents from its inputs; a transcoder's "
+                           "dead latents are revived by AuxK: set resample_dead_every=None")
         self.k_aux = config.resolved_k_aux(sae.d_model)
         self.prefixes = None
         if config.architecture == "matryoshka_batchtopk":
@@ -81,9 +84,12 @@ class SAETrainer:
         self._steps_since_log = 0
         self._bar = None
         self._wandb = None
+        self._pending = None
         self.dp = DataParallel()  # the ranks of mlx.launch; one rank: every hook is a no-op
         self.steps_per_epoch: int | None = None
         self.resumed_from: int | None = None
+        self.progress_label = "Training"  # train_many names each SAE's bar
+        self.wandb_group: str | None = None  # train_many puts the SAEs of one run in one W&B group
 
     # -- public API ----------------------------------------------------------------------
     def fit(
@@ -109,13 +115,47 @@ class SAETrainer:
         """
         cfg = self.config
         epochs = cfg.num_epochs if epochs is None else epochs
-        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-            raise SAEError(f"epochs must be a positive integer, got {epochs!r}")
         if isinstance(train, (mx.array, np.ndarray)):
-            train = train_data.as_tokens(train, self.sae.d_model, "train")
+            train = train_data.as_tokens(train, self.sae.data_width, "train")
             if val is None and cfg.validation_split > 0:
                 train, val = train_data.split(train, cfg)
         n_tokens = train_data.count_tokens(train, tokens_per_epoch)
+        ckpt, first_stream = self.begin(n_tokens, epochs, save_path, init_sample, resume, progress, train)
+        metrics: dict[str, float] = {}
+        try:
+            with training_cache_limit():
+                while self.epoch < epochs:
+                    if self.batch_in_epoch == 0:
+                        self._reset_epoch_stats()
+                    stream = self.dp.epoch_stream(first_stream, partial(
+                        train_data.raw_batches, train, self.sae.data_width, cfg, self.epoch, self.dp.rank, self.dp.size))
+                    first_stream = None
+                    batches = train_data.batches(stream, cfg.batch_size)
+                    ran = 0
+                    for x in itertools.islice(batches, self.batch_in_epoch, self.steps_per_epoch):
+                        self.train_batch(x, ckpt)
+                        ran += 1
+                    if ran == 0:
+                        raise SAEError(
+                            f"epoch {self.epoch + 1} produced no full batch of {cfg.batch_size} tokens: "
+                            "a generator is exhausted after one pass, so pass a callable returning a fresh "
+                            "iterable per epoch (e.g. lambda: store.batches(n)), or lower batch_size"
+                        )
+                    metrics = self.end_epoch(val)
+        finally:
+            self.close()
+        return self.finish(metrics, save_path, ckpt)
+
+    def begin(self, n_tokens: int | None, epochs: int, save_path: str | os.PathLike | None = None,
+              init_sample: Any = None, resume: bool = True, progress: bool = True,
+              train: TrainData | None = None) -> tuple[Path | None, Iterator[mx.array] | None]:
+        """Set up a run of `epochs` over `n_tokens` per epoch (optimizer, resume from the checkpoint
+        of `save_path`, initialization, W&B, progress bar); then `train_batch` per batch,
+        `end_epoch` per epoch, `close` and `finish` (what `fit` does; `train_many` drives several).
+        Returns the checkpoint path and, when initialization read the head of `train`, its stream."""
+        cfg = self.config
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+            raise SAEError(f"epochs must be a positive integer, got {epochs!r}")
         self.steps_per_epoch = self.dp.steps_per_epoch(isinstance(train, mx.array), n_tokens, cfg.batch_size)
         if (n_tokens is not None and n_tokens < cfg.batch_size) or self.steps_per_epoch == 0:
             raise SAEError(f"the training data holds {n_tokens} tokens (on rank {self.dp.rank} of {self.dp.size}), "
@@ -141,37 +181,36 @@ class SAETrainer:
         self.dp.share_state(self)
         self.resumed_from = self.step if resuming else None
         self._start_wandb(n_tokens)
-        self._bar = tqdm(total=self.total_steps or None, initial=self.step, desc="Training",
+        self._bar = tqdm(total=self.total_steps or None, initial=self.step, desc=self.progress_label,
                          disable=not progress or not self.dp.is_main, unit="step")
-        metrics: dict[str, float] = {}
-        try:
-            with training_cache_limit():
-                self._steps = {flag: self._build_step(flag) for flag in (False, True)}
-                while self.epoch < epochs:
-                    if self.batch_in_epoch == 0:
-                        self._reset_epoch_stats()
-                    stream = self.dp.epoch_stream(first_stream, partial(
-                        train_data.raw_batches, train, self.sae.d_model, cfg, self.epoch, self.dp.rank, self.dp.size))
-                    first_stream = None
-                    if self._run_epoch(stream, ckpt) == 0:
-                        raise SAEError(
-                            f"epoch {self.epoch + 1} produced no full batch of {cfg.batch_size} tokens: "
-                            "a generator is exhausted after one pass, so pass a callable returning a fresh "
-                            "iterable per epoch (e.g. lambda: store.batches(n)), or lower batch_size"
-                        )
-                    self.dp.sync_act_max(self.counters)
-                    metrics = self._log() if self._steps_since_log else (self.history[-1] if self.history else {})
-                    if val is not None and self.dp.is_main:
-                        metrics = {**metrics, **self._validate(val)}
-                    self.epoch += 1
-                    self.batch_in_epoch = 0
-        finally:
+        self._steps = {flag: self._build_step(flag) for flag in (False, True)}
+        self._pending = None
+        return ckpt, first_stream
+
+    def end_epoch(self, val: TrainData | None = None) -> dict[str, float]:
+        """Close the epoch: log, validate on `val`; returns the epoch's last metrics."""
+        self.dp.sync_act_max(self.counters)
+        metrics = self._log() if self._steps_since_log else (self.history[-1] if self.history else {})
+        if val is not None and self.dp.is_main:
+            metrics = {**metrics, **self._validate(val)}
+        self.epoch += 1
+        self.batch_in_epoch = 0
+        return metrics
+
+    def close(self) -> None:
+        """Close the progress bar and the W&B run."""
+        if self._bar is not None:
             self._bar.close()
-            if self._wandb is not None:
-                self._wandb.finish()
-                self._wandb = None
-        if cfg.architecture == "jumprelu" and self.history:
-            check_l0(self.history[-1]["l0"], cfg.k, cfg.l0_coefficient, self.step)
+        if self._wandb is not None:
+            self._wandb.finish()
+            self._wandb = None
+
+    def finish(self, metrics: dict[str, float], save_path: str | os.PathLike | None,
+               ckpt: Path | None) -> dict[str, float]:
+        """Check a JumpReLU run's L0, record the run in the SAE's metadata, save it to `save_path`
+        (rank 0) and remove the checkpoint."""
+        if self.config.architecture == "jumprelu" and self.history:
+            check_l0(self.history[-1]["l0"], self.config.k, self.config.l0_coefficient, self.step)
         self._record_training(metrics)
         if save_path is not None:
             distributed.run_on_main(lambda: self._save_final(save_path, ckpt), f"saving the SAE to {save_path}")
@@ -262,32 +301,28 @@ class SAETrainer:
         self.counters["epoch_tokens"] = mx.array(0.0)
 
     # -- the loop ------------------------------------------------------------------------
-    def _run_epoch(self, stream: Iterable[mx.array], ckpt: Path | None) -> int:
+    def train_batch(self, x: mx.array, ckpt: Path | None = None) -> None:
+        """One step on a (batch_size, data_width) batch, with logging, resampling and checkpoints."""
         cfg = self.config
-        ran = 0
-        pending = None
-        for x in itertools.islice(train_data.batches(stream, cfg.batch_size), self.batch_in_epoch, self.steps_per_epoch):
-            self._steps[self.any_dead](x)
-            mx.async_eval(self.sae.state, self.optimizer.state, self.counters)
-            # Wait for the previous step only, so at most one step is queued behind the running one.
-            if pending is not None:
-                mx.eval(pending)
-            pending = self.counters["metric_sum"]
-            self.step += 1
-            self.batch_in_epoch += 1
-            self._bar.update(1)
-            self._steps_since_log += 1
-            ran += 1
-            if self.step == 1 or self.step % cfg.log_every == 0:
-                self._log()
-            if cfg.resample_dead_every and self.step % cfg.resample_dead_every == 0:
-                resample_dead(self, self.dp.gather(x))
-            if ckpt is not None and cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
-                if self._steps_since_log:
-                    self._log()  # raises on a NaN loss or input since the last log
-                self.dp.sync_act_max(self.counters)
-                distributed.run_on_main(lambda: save_checkpoint(self, ckpt), f"writing the checkpoint {ckpt}")
-        return ran
+        self._steps[self.any_dead](x)
+        mx.async_eval(self.sae.state, self.optimizer.state, self.counters)
+        # Wait for the previous step only, so at most one step is queued behind the running one.
+        if self._pending is not None:
+            mx.eval(self._pending)
+        self._pending = self.counters["metric_sum"]
+        self.step += 1
+        self.batch_in_epoch += 1
+        self._bar.update(1)
+        self._steps_since_log += 1
+        if self.step == 1 or self.step % cfg.log_every == 0:
+            self._log()
+        if cfg.resample_dead_every and self.step % cfg.resample_dead_every == 0:
+            resample_dead(self, self.dp.gather(x))
+        if ckpt is not None and cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+            if self._steps_since_log:
+                self._log()  # raises on a NaN loss or input since the last log
+            self.dp.sync_act_max(self.counters)
+            distributed.run_on_main(lambda: save_checkpoint(self, ckpt), f"writing the checkpoint {ckpt}")
 
     def _log(self) -> dict[str, float]:
         sums = np.array(self.dp.mean_over_ranks(self.counters["metric_sum"]), dtype=np.float64)
@@ -316,7 +351,7 @@ class SAETrainer:
         return record
 
     def _validate(self, val: TrainData) -> dict[str, float]:
-        stream = train_data.raw_batches(val, self.sae.d_model, self.config, None)
+        stream = train_data.raw_batches(val, self.sae.data_width, self.config, None)
         result = evaluate_reconstruction(self.sae, train_data.batches(stream, self.config.batch_size, drop_last=False))
         out = {f"val/{k}": float(v) for k, v in result.items()}
         out["val/loss"] = out["val/fvu"]
@@ -328,60 +363,14 @@ class SAETrainer:
 
     def _initialize(self, train: TrainData, init_sample: Any) -> Iterator[mx.array] | None:
         """Fit normalization and b_dec; returns the epoch-0 stream when its head was consumed."""
-        first_stream = None
-        d_model = self.sae.d_model
-        if init_sample is not None:
-            sample = train_data.as_tokens(init_sample, d_model, "init_sample")
-        elif isinstance(train, mx.array):
-            pick = np.random.default_rng(self.config.seed).permutation(train.shape[0])[:INIT_TOKENS]
-            sample = train[mx.array(np.sort(pick))]
-        else:
-            stream = train_data.raw_batches(train, d_model, self.config, 0)
-            head, have = [], 0
-            for chunk in stream:
-                head.append(chunk)
-                have += chunk.shape[0]
-                if have >= INIT_TOKENS:
-                    break
-            if not head:
-                raise SAEError("the training data is empty: pass activations (n_tokens, d_model)")
-            sample = mx.concatenate(head)[:INIT_TOKENS]
-            first_stream = itertools.chain(head, stream)
-        if not bool(mx.all(mx.isfinite(sample))):
-            raise SAEError("the training activations contain NaN or inf: check the activations "
-                           "(a float16 overflow? a broken hook?) and drop or fix those tokens")
-        if float(mx.max(mx.abs(sample - sample[:1]))) == 0:
-            raise SAEError(f"the training activations are constant (all {sample.shape[0]} tokens of the "
-                           "initialization sample are the same vector): there is nothing to learn and "
-                           "FVU is undefined; check the data and the hook point")
-        self.sae.fit_normalization(sample)
-        self.sae.init_b_dec(sample, self.config.b_dec_init)
-        if self.sae.architecture == "jumprelu":  # start at an L0 of k: BatchTopK's threshold of the sample
-            centred = self.sae._centred(sample[:4096])
-            threshold = initial_threshold(centred @ self.sae.W_enc.T + self.sae.b_enc, self.config.k)
-            self.sae.threshold = mx.full((self.sae.d_hidden,), threshold)
+        sample, first_stream = initialization_sample(train, init_sample, self.sae.data_width, self.config)
+        initialize(self.sae, sample, self.config)
         return first_stream
 
     # -- reporting -----------------------------------------------------------------------
     def _start_wandb(self, n_tokens: int | None) -> None:
-        cfg = self.config
-        if not cfg.use_wandb or not self.dp.is_main:
-            return
-        try:
-            import wandb
-        except ImportError:
-            raise SAEError("use_wandb=True needs the wandb package: pip install 'mlxterp[wandb]' "
-                           "(or pip install wandb), or set use_wandb=False") from None
-        meta = self.sae.metadata
-        self._wandb = wandb.init(
-            project=cfg.wandb_project or "mlxterp-sae",
-            name=cfg.wandb_name,
-            tags=list(cfg.wandb_tags) or None,
-            config={**cfg.to_dict(), "d_model": self.sae.d_model, "d_hidden": self.sae.d_hidden,
-                    "layer": meta.get("layer"), "component": meta.get("component"),
-                    "model_name": meta.get("model_name"), "tokens_per_epoch": n_tokens,
-                    "learning_rate_resolved": self.peak_lr},
-        )
+        if self.config.use_wandb and self.dp.is_main:
+            self._wandb = start_wandb(self.sae, self.config, self.peak_lr, n_tokens, self.wandb_group)
 
     def _record_training(self, metrics: dict[str, float]) -> None:
         self.sae.metadata["training"] = {

@@ -15,7 +15,7 @@ import numpy as np
 
 from ...errors import SAEError
 from . import gemmascope, saelens, sparsify
-from .common import Parts, raw_space_weights
+from .common import Parts, raw_space_transcoder, raw_space_weights
 
 FOLDER_FORMATS = {
     "saelens": "cfg.json + sae_weights.safetensors",
@@ -65,6 +65,10 @@ def write_foreign(sae: Any, path: str | os.PathLike, format: str) -> None:
     folder = Path(path)
     if folder.exists() and not folder.is_dir():
         raise SAEError(f"{folder} is a file; format={format!r} writes a folder: pass a folder path")
+    if sae.transcode:
+        if format != "sparsify":
+            raise SAEError(f"format={format!r} holds SAEs; write transcoders with format='sparsify' (or 'mlxterp')")
+        return sparsify.write(sae, folder, *raw_space_transcoder(sae))
     if sae.architecture in ("batchtopk", "matryoshka_batchtopk"):
         sae = sae.to_jumprelu()  # both libraries' inference forms keep per-latent thresholds, not top-k of a batch
     W_enc, b_enc, W_dec, b_dec = raw_space_weights(sae)

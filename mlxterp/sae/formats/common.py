@@ -69,6 +69,8 @@ def build_parts(
     k: int | None = None,
     subtract_b_dec: bool = True,
     input_scale: float | None = None,
+    W_skip: np.ndarray | None = None,
+    transcode: bool = False,
     metadata: dict[str, Any],
 ) -> Parts:
     """The SAE's parts from weights in mlxterp's layout: W_enc, W_dec (d_hidden, d_model).
@@ -76,12 +78,13 @@ def build_parts(
     `subtract_b_dec=False`: the source encodes x @ W_enc.T + b_enc (no b_dec removed first); mlxterp
     always removes b_dec, so it is folded into b_enc. `input_scale`: the source encodes
     x * input_scale / ||x|| per token (SAELens' constant_norm_rescale), which is mlxterp's
-    "unit_norm" with the scale folded into the weights.
+    "unit_norm" with the scale folded into the weights. `transcode`: a transcoder (its input is
+    not centred on b_dec), with its skip term `W_skip` (d_model, d_model) when given.
     """
     d_hidden, d_model = W_dec.shape
     f64 = [np.asarray(a, dtype=np.float64) for a in (W_enc, b_enc, W_dec, b_dec)]
     W_enc, b_enc, W_dec, b_dec = f64
-    if not subtract_b_dec:
+    if not subtract_b_dec and not transcode:
         b_enc = b_enc + W_enc @ b_dec
     normalization = "none"
     norm_stats: dict[str, np.ndarray] = {}
@@ -103,6 +106,9 @@ def build_parts(
     spec = {"d_model": d_model, "d_hidden": d_hidden, "k": k if k is not None else min(32, d_hidden),
             "architecture": architecture, "tied_weights": False, "normalization": normalization}
     tensors = {"W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_dec": b_dec, "threshold": thr, **norm_stats}
+    if transcode:
+        spec.update(transcode=True, skip=W_skip is not None)
+        tensors.update({} if W_skip is None else {"W_skip": W_skip})
     tensors = {name: np.asarray(value, np.float32) for name, value in tensors.items()}
     for name, value in tensors.items():
         if not np.all(np.isfinite(value)):
@@ -117,7 +123,8 @@ def point_metadata(layer: int | None, component: str | None) -> dict[str, Any]:
 
 def raw_space_weights(sae: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(W_enc, b_enc, W_dec, b_dec) of `sae` with its input normalization folded in, so that
-    codes = f((x - b_dec) @ W_enc.T + b_enc) and x_hat = codes @ W_dec + b_dec on raw activations."""
+    codes = f((x - b_dec) @ W_enc.T + b_enc) and x_hat = codes @ W_dec + b_dec on raw activations.
+    A transcoder: `raw_space_transcoder`."""
     W_enc, b_enc, W_dec, b_dec = (np.asarray(a, np.float64) for a in (sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec))
     stats = {name: np.asarray(value, np.float64) for name, value in sae.norm_stats.items()}
     scheme = sae.normalization
@@ -132,3 +139,18 @@ def raw_space_weights(sae: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
                        "store differently: export SAEs trained with normalization 'none', "
                        "'expected_norm' or 'standardize'")
     return W_enc, b_enc, W_dec, b_dec
+
+
+def raw_space_transcoder(sae: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """(W_enc, b_enc, W_dec, b_dec, W_skip or None) of a transcoder with its input and target scales
+    folded in: codes = f(x @ W_enc.T + b_enc), y_hat = codes @ W_dec + b_dec + x @ W_skip.T, raw."""
+    W_enc, b_enc, W_dec, b_dec = (np.asarray(a, np.float64) for a in (sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec))
+    W_skip = np.asarray(sae.W_skip, np.float64) if sae.skip else None
+    if sae.normalization == "expected_norm":
+        s_in, s_out = float(np.asarray(sae.norm_stats["scale"])), float(np.asarray(sae.target_norm_stats["scale"]))
+        W_enc, W_dec, b_dec = W_enc * s_in, W_dec / s_out, b_dec / s_out
+        W_skip = None if W_skip is None else W_skip * (s_in / s_out)
+    elif sae.normalization != "none":
+        raise SAEError(f"a {sae.normalization!r} transcoder cannot be written for other libraries: export "
+                       "transcoders trained with normalization 'none' or 'expected_norm'")
+    return W_enc, b_enc, W_dec, b_dec, W_skip
