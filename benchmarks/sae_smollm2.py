@@ -84,6 +84,8 @@ def main() -> None:
     parser.add_argument("--mlxterp", action="append", default=[], metavar="NAME=JSON",
                         help="also train an mlxterp SAE with these SAEConfig overrides (repeatable)")
     parser.add_argument("--cache-dir", default=None, help="activation cache (default: <out>/activation_cache)")
+    parser.add_argument("--train-tokens", type=int, default=None,
+                        help="cap the training tokens (default: every token of the training articles)")
     parser.add_argument("--heldout-tokens", type=int, default=None,
                         help="cap the held-out tokens (default: every token of the held-out articles)")
     parser.add_argument("--no-default", action="store_true", help="skip the mlxterp SAE with the defaults")
@@ -113,7 +115,8 @@ def main() -> None:
     start = time.perf_counter()
     cache_dir = Path(args.cache_dir) if args.cache_dir else out / "activation_cache"
     hook = model.hook_point(args.layer, "output")
-    store = ActivationStore(model, train_texts, hook, config.contexts, cache_dir=cache_dir, seed=config.seed)
+    store = ActivationStore(model, train_texts, hook, config.contexts, cache_dir=cache_dir, seed=config.seed,
+                            max_tokens=args.train_tokens)
     every = np.concatenate(list(store.chunks()))
     # As train_sae does (there from a sample): tokens above max_norm_ratio x the median norm, the
     # attention sinks, are left out.

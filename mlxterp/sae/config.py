@@ -14,7 +14,10 @@ ARCHITECTURES = ("topk", "batchtopk", "relu")
 # JumpReLU (Rajamanoharan et al. 2024) is inference-only: pretrained SAEs and converted BatchTopK ones.
 INFERENCE_ARCHITECTURES = ARCHITECTURES + ("jumprelu",)
 NORMALIZATION_SCHEMES = ("none", "expected_norm", "standardize", "unit_norm")
-LR_SCHEDULES = ("cosine", "constant")
+OPTIMIZERS = ("adam", "signum")
+LR_SCHEDULES = ("cosine", "constant", "schedule_free")
+# Peak LR at 2**14 latents when learning_rate is None, scaled by 1/sqrt(d_hidden / 2**14) (sparsify's rules).
+LR_AT_16K_LATENTS = {"adam": 2e-4, "signum": 5e-3}
 B_DEC_INITS = ("geometric_median", "mean", "zeros")
 MAX_DEAD_TOKENS_THRESHOLD = 1 << 30
 
@@ -54,8 +57,9 @@ class SAEConfig:
     dead_tokens_threshold: int = 1_000_000
     resample_dead_every: int | None = None
     # Optimization
+    optimizer: str = "signum"
     learning_rate: float | None = None
-    lr_schedule: str = "constant"
+    lr_schedule: str = "schedule_free"
     warmup_steps: int = 100
     min_lr_ratio: float = 0.1
     gradient_clip: float | None = 1.0
@@ -91,6 +95,7 @@ class SAEConfig:
             raise SAEError(f"dead_tokens_threshold must be at most {MAX_DEAD_TOKENS_THRESHOLD}, "
                            f"got {self.dead_tokens_threshold}")
         _positive_int(self, "resample_dead_every", optional=True)
+        _choice(self, "optimizer", OPTIMIZERS)
         if self.learning_rate is not None:
             _positive_float(self, "learning_rate")
         _choice(self, "lr_schedule", LR_SCHEDULES)
@@ -143,10 +148,11 @@ class SAEConfig:
         return d_model * self.expansion_factor
 
     def resolved_learning_rate(self, d_hidden: int) -> float:
-        """`learning_rate`, or when None sparsify's 2e-4 / sqrt(d_hidden / 2**14)."""
+        """`learning_rate`, or when None sparsify's rule for the optimizer: 2e-4 (Adam) or 5e-3
+        (signum) times 1 / sqrt(d_hidden / 2**14)."""
         if self.learning_rate is not None:
             return self.learning_rate
-        return 2e-4 / math.sqrt(d_hidden / 2**14)
+        return LR_AT_16K_LATENTS[self.optimizer] / math.sqrt(d_hidden / 2**14)
 
     def resolved_k_aux(self, d_model: int) -> int:
         """`k_aux`, or when None d_model // 2 (Gao et al.), at most the number of latents."""

@@ -27,7 +27,7 @@ from .config import MAX_DEAD_TOKENS_THRESHOLD, SAEConfig
 from .metrics import TRAINING_METRICS, FeatureStats, evaluate_reconstruction
 from .model import SAE
 from .ops import latent_totals
-from .optim import apply_update, lr_at, training_cache_limit
+from .optim import apply_update, averaged_parameters, init_schedule_free, lr_at, make_optimizer, training_cache_limit
 from .resample import resample_dead
 from .train_data import TrainData
 
@@ -63,7 +63,7 @@ class SAETrainer:
         self.batch_in_epoch = 0
         self.total_steps = 0
         self.history: list[dict[str, float]] = []
-        self.optimizer: optim.Adam | None = None
+        self.optimizer: optim.Optimizer | None = None
         self.counters = self._fresh_counters()
         self.any_dead = False
         self._steps_since_log = 0
@@ -112,12 +112,12 @@ class SAETrainer:
                 "use lr_schedule='constant'"
             )
         ckpt = checkpoint_path(save_path) if save_path is not None else None
-        self.optimizer = optim.Adam(learning_rate=self.peak_lr, bias_correction=True)
-        self.optimizer.init(self.sae.trainable_parameters())
+        self.optimizer = make_optimizer(cfg, self.peak_lr, self.sae.trainable_parameters())
         first_stream = None
         if resume and ckpt is not None and ckpt.exists():
             load_checkpoint(self, ckpt)
             self.optimizer.init(self.sae.trainable_parameters())
+            init_schedule_free(self.optimizer, cfg, self.sae.trainable_parameters())
         elif self.step == 0:
             first_stream = self._initialize(train, init_sample)
         self._start_wandb(n_tokens)
@@ -148,6 +148,9 @@ class SAETrainer:
             if self._wandb is not None:
                 self._wandb.finish()
                 self._wandb = None
+        average = averaged_parameters(self.optimizer, self.sae.trainable_parameters(), self._dec_key)
+        if average is not None:  # schedule-free: the SAE to keep is the average
+            self.sae.update(average)
         self._record_training(metrics)
         if save_path is not None:
             self.sae.save(save_path)
@@ -164,10 +167,15 @@ class SAETrainer:
         return FeatureStats.from_totals(np.array(c["fired"]), np.array(c["act_sum"]), np.array(c["act_max"]),
                                         int(np.array(c["epoch_tokens"])))
 
+    @property
+    def _dec_key(self) -> str:
+        """The parameter whose rows are the decoder directions (kept at unit norm)."""
+        return "W_enc" if self.sae.tied_weights else "W_dec"
+
     # -- the compiled step ---------------------------------------------------------------
     def _build_step(self, with_auxk: bool) -> Callable[[mx.array], None]:
         sae, opt, cfg, counters = self.sae, self.optimizer, self.config, self.counters
-        dec_key = "W_enc" if sae.tied_weights else "W_dec"
+        dec_key = self._dec_key
         d_hidden, k_aux, peak, total = sae.d_hidden, self.k_aux, self.peak_lr, self.total_steps
 
         def loss_fn(x: mx.array, dead: mx.array):
@@ -281,7 +289,15 @@ class SAETrainer:
 
     def _validate(self, val: TrainData) -> dict[str, float]:
         stream = train_data.raw_batches(val, self.sae.d_model, self.config, None)
-        result = evaluate_reconstruction(self.sae, train_data.batches(stream, self.config.batch_size, drop_last=False))
+        training_point = self.sae.trainable_parameters()
+        average = averaged_parameters(self.optimizer, training_point, self._dec_key)
+        if average is not None:  # schedule-free: validate the average, the SAE training ends with
+            self.sae.update(average)
+        try:
+            result = evaluate_reconstruction(self.sae, train_data.batches(stream, self.config.batch_size,
+                                                                          drop_last=False))
+        finally:
+            self.sae.update(training_point)
         out = {f"val/{k}": float(v) for k, v in result.items()}
         out["val/loss"] = out["val/fvu"]
         if self._wandb is not None:
