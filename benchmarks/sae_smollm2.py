@@ -49,6 +49,7 @@ from mlxterp.sae.train import SAETrainer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 WIKITEXT = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "wikitext-2-raw-test.txt"
+CE_KEYS = ("ce_loss_clean", "ce_loss_with_sae", "ce_loss_zero_ablation", "ce_loss_recovered", "kl_div_with_sae")
 ARTICLE_HEADING = re.compile(r"^ = [^=].* = $", re.M)
 
 
@@ -140,6 +141,8 @@ def main() -> None:
     def evaluate(sae: SAE) -> dict:
         metrics = evaluate_reconstruction(sae, (held[i:i + 4096] for i in range(0, len(held), 4096)))
         n = min(args.ce_contexts, len(held_store.contexts))
+        if n == 0:  # --ce-contexts 0: reconstruction figures only
+            return {**metrics, **{key: float("nan") for key in CE_KEYS}}
         metrics.update(downstream_metrics(sae, model, held_store.contexts[:n], held_store.keep[:n],
                                           hook, config.drop_first_tokens))
         return metrics

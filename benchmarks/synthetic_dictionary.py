@@ -16,13 +16,13 @@ SAEs:
 - `plain`: a ~30-line TopK SAE written below (Adam, constant LR, unit-norm decoder rows with the
   parallel gradient component removed, b_dec = data mean, FVU loss; no clipping, no AuxK);
 - `mlxterp:<variant>`: `train_sae_on_activations` with `SAEConfig(expansion_factor, k, num_epochs,
-  learning_rate)` and the variant's overrides (`default`: mlxterp's defaults, LR included);
-  `--variants` lists them.
+  learning_rate)` and the variant's overrides (`default`: none; `signum_sf`: sparsify's recipe,
+  sign descent with the schedule-free average at its own LR rule); `--variants` lists them.
 - `sparsify` (with `--sparsify`, needs .bench-venv): EleutherAI sparsify's SparseCoder trained by
   benchmarks/sparsify_train.py on the same arrays (see that file for what its loop does).
 
     python benchmarks/synthetic_dictionary.py                       # the default cases and variants
-    python benchmarks/synthetic_dictionary.py --variants default constant cosine_0.1 --seeds 0 1
+    python benchmarks/synthetic_dictionary.py --variants default cosine_0.1 signum_sf --seeds 0 1
     python benchmarks/synthetic_dictionary.py --sparsify            # adds sparsify beside them
 """
 
@@ -77,26 +77,26 @@ CASES = [
 ]
 
 # mlxterp variants: SAEConfig overrides on top of (expansion_factor, k, num_epochs, learning_rate=the
-# case's LR). That LR is an Adam LR: the variants that use sign descent take mlxterp's own LR rule
-# (learning_rate None), as the defaults do when no LR is passed.
-ADAM = {"optimizer": "adam"}
+# case's LR). That LR is an Adam LR: the sign-descent variants take their own LR rule (learning_rate
+# None), as sparsify does.
+SIGNUM_SF = {"optimizer": "signum", "lr_schedule": "schedule_free", "learning_rate": None}
 VARIANTS: dict[str, dict] = {
-    "default": {"learning_rate": None},                      # signum, schedule-free, its LR rule
-    "default_no_norm": {"learning_rate": None, "normalize_input": False},
-    "default_no_warmup": {"learning_rate": None, "warmup_steps": 0},
-    "signum_constant": {"learning_rate": None, "lr_schedule": "constant"},   # no average
-    "constant": {**ADAM, "lr_schedule": "constant"},         # the default of 2026-12-01
-    "cosine_0.1": {**ADAM, "lr_schedule": "cosine", "min_lr_ratio": 0.1},   # the default before
-    "adam_schedule_free": {**ADAM, "lr_schedule": "schedule_free"},
-    "constant_no_warmup": {**ADAM, "lr_schedule": "constant", "warmup_steps": 0},
-    "constant_no_clip": {**ADAM, "lr_schedule": "constant", "gradient_clip": None},
-    "constant_b_dec_mean": {**ADAM, "lr_schedule": "constant", "b_dec_init": "mean"},
-    "constant_no_norm": {**ADAM, "lr_schedule": "constant", "normalize_input": False},
-    "constant_no_auxk": {**ADAM, "lr_schedule": "constant", "auxk_coefficient": 0.0},
-    "constant_dead_16k": {**ADAM, "lr_schedule": "constant", "dead_tokens_threshold": 16384},
-    "constant_lr_rule": {**ADAM, "lr_schedule": "constant", "learning_rate": None},
+    "default": {},                                           # Adam, warmup, constant LR
+    "cosine_0.1": {"lr_schedule": "cosine", "min_lr_ratio": 0.1},   # the default before 2026-12-01
+    "no_warmup": {"warmup_steps": 0},
+    "no_clip": {"gradient_clip": None},
+    "b_dec_mean": {"b_dec_init": "mean"},
+    "no_norm": {"normalize_input": False},
+    "no_auxk": {"auxk_coefficient": 0.0},
+    "dead_16k": {"dead_tokens_threshold": 16384},
+    "lr_rule": {"learning_rate": None},
+    "adam_schedule_free": {"lr_schedule": "schedule_free"},
+    "signum_sf": SIGNUM_SF,                                  # sparsify's default recipe
+    "signum_sf_no_norm": {**SIGNUM_SF, "normalize_input": False},
+    "signum_sf_no_warmup": {**SIGNUM_SF, "warmup_steps": 0},
+    "signum_constant": {**SIGNUM_SF, "lr_schedule": "constant"},   # no average
 }
-DEFAULT_VARIANTS = ["default", "constant"]
+DEFAULT_VARIANTS = ["default", "signum_sf"]
 
 
 # -- data ---------------------------------------------------------------------------------

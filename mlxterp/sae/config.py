@@ -57,9 +57,9 @@ class SAEConfig:
     dead_tokens_threshold: int = 1_000_000
     resample_dead_every: int | None = None
     # Optimization
-    optimizer: str = "signum"
+    optimizer: str = "adam"
     learning_rate: float | None = None
-    lr_schedule: str = "schedule_free"
+    lr_schedule: str = "constant"
     warmup_steps: int = 100
     min_lr_ratio: float = 0.1
     gradient_clip: float | None = 1.0

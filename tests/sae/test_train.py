@@ -32,7 +32,7 @@ def sparse_data(n=4096, d=D, n_dirs=48, active=3, seed=0, subspace=None):
 
 
 def config(**kw):
-    base = dict(expansion_factor=4, k=4, batch_size=256, num_epochs=1, warmup_steps=5, learning_rate=None,
+    base = dict(expansion_factor=4, k=4, batch_size=256, num_epochs=1, warmup_steps=5, learning_rate=3e-3,
                 log_every=5, checkpoint_every=None, validation_split=0.0, dead_tokens_threshold=2048)
     return SAEConfig(**{**base, **kw})
 
