@@ -3,9 +3,10 @@
 Default shape: d_model 768, 16x expansion (12,288 latents), TopK k=32, batches of 4,096 tokens,
 on synthetic activations (a fixed random low-rank-plus-noise distribution with a mean offset, so
 the top-k latents are not uniform) or on an .npy file of cached activations (--data). The step is
-SAETrainer's own: built by `_build_step` exactly as `fit` builds it (Adam with bias correction and
-the warmup + cosine schedule, gradient clipping, decoder gradient projection and renormalization,
-dead-latent counters), and driven like `fit` drives it (one step queued behind the running one).
+SAETrainer's own: built by `_build_step` exactly as `fit` builds it (the default optimizer, sign
+descent with the schedule-free average, or `--config '{"optimizer": "adam", "lr_schedule":
+"constant"}'`; gradient clipping, decoder gradient projection and renormalization, dead-latent
+counters), and driven like `fit` drives it (one step queued behind the running one).
 
 Prints tokens/s over the timed steps (after `--warmup` steps that include compilation), the
 step's FLOP rate counting the work a sparse step does (2 n d m for the encoder matmul, plus
@@ -23,6 +24,7 @@ Run on Linux with OpenBLAS preloaded (use_fast_blas() below re-executes with it 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 
 from mlxterp.platform import use_fast_blas  # noqa: E402
@@ -30,12 +32,11 @@ from mlxterp.platform import use_fast_blas  # noqa: E402
 use_fast_blas()  # on Linux, re-executes with OpenBLAS preloaded
 
 import mlx.core as mx  # noqa: E402
-import mlx.optimizers as optim  # noqa: E402
 import numpy as np  # noqa: E402
 
 from mlxterp.sae.config import SAEConfig  # noqa: E402
 from mlxterp.sae.model import SAE  # noqa: E402
-from mlxterp.sae.optim import training_cache_limit  # noqa: E402
+from mlxterp.sae.optim import make_optimizer, training_cache_limit  # noqa: E402
 from mlxterp.sae.train import STEP_SUMS, SAETrainer  # noqa: E402
 
 
@@ -63,12 +64,11 @@ def file_batches(path: str, n_batches: int, batch: int) -> list[mx.array]:
 
 
 def build_trainer(d_model: int, config: SAEConfig, sample: mx.array, total_steps: int) -> SAETrainer:
-    """An SAETrainer set up as `fit` sets it up (normalization, b_dec, Adam, schedule), no data loop."""
+    """An SAETrainer set up as `fit` sets it up (normalization, b_dec, optimizer, schedule), no data loop."""
     sae = SAE.from_config(d_model, config)
     trainer = SAETrainer(sae, config)
     trainer.total_steps = total_steps
-    trainer.optimizer = optim.Adam(learning_rate=trainer.peak_lr, bias_correction=True)
-    trainer.optimizer.init(sae.trainable_parameters())
+    trainer.optimizer = make_optimizer(config, trainer.peak_lr, sae.trainable_parameters())
     sae.fit_normalization(sample)
     sae.init_b_dec(sample, "mean")  # the geometric median costs seconds and does not change the step
     mx.eval(sae.parameters())
@@ -114,11 +114,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4096)
     parser.add_argument("--data", default=None, help=".npy of cached activations (n, d_model)")
     parser.add_argument("--no-matmul", action="store_true", help="skip the reference matmul")
+    parser.add_argument("--config", default="{}", help='SAEConfig overrides as JSON, e.g. \'{"optimizer": "adam"}\'')
     args = parser.parse_args()
 
     d, m, n, k = args.d_model, args.d_model * args.expansion, args.batch, args.k
     config = SAEConfig(expansion_factor=args.expansion, k=k, batch_size=n, validation_split=0.0,
-                       checkpoint_every=None, log_every=1 << 30)
+                       checkpoint_every=None, log_every=1 << 30, **json.loads(args.config))
     total = args.warmup + args.steps
     n_distinct = min(total, 8)  # cycle a few batches: data generation is not what is measured
     batches = (file_batches(args.data, n_distinct, n) if args.data

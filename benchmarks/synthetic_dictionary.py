@@ -3,8 +3,9 @@
 Activations are drawn from a known dictionary: unit-norm atoms (random directions), a few
 active per sample (the count varies per sample), positive log-normal coefficients, atom
 frequencies uniform or power-law, plus a mean offset and Gaussian noise. Each SAE has as many
-latents as the dictionary has atoms and is trained on the same arrays, batches of 4,096, the
-same peak LR and epochs. Reported per case and SAE:
+latents as the dictionary has atoms and is trained on the same arrays, batches of 4,096 and epochs
+(so the same steps), at the case's peak LR (Adam) or its own LR rule (sign descent). Reported per
+case and SAE:
 
 - mmcs: mean over true atoms of the max cosine between the atom and any decoder row;
 - mmcs_freq: the same over the frequent atoms only (firing on at least half the uniform rate,
@@ -16,12 +17,13 @@ SAEs:
 - `plain`: a ~30-line TopK SAE written below (Adam, constant LR, unit-norm decoder rows with the
   parallel gradient component removed, b_dec = data mean, FVU loss; no clipping, no AuxK);
 - `mlxterp:<variant>`: `train_sae_on_activations` with `SAEConfig(expansion_factor, k, num_epochs,
-  learning_rate)` and the variant's overrides (`default` = none); `--variants` lists them.
+  learning_rate)` and the variant's overrides (`default`: none; `signum_sf`: sparsify's recipe,
+  sign descent with the schedule-free average at its own LR rule); `--variants` lists them.
 - `sparsify` (with `--sparsify`, needs .bench-venv): EleutherAI sparsify's SparseCoder trained by
   benchmarks/sparsify_train.py on the same arrays (see that file for what its loop does).
 
     python benchmarks/synthetic_dictionary.py                       # the default cases and variants
-    python benchmarks/synthetic_dictionary.py --variants default constant no_clip --seeds 0 1
+    python benchmarks/synthetic_dictionary.py --variants default cosine_0.1 signum_sf --seeds 0 1
     python benchmarks/synthetic_dictionary.py --sparsify            # adds sparsify beside them
 """
 
@@ -76,35 +78,31 @@ CASES = [
     Case("d128-m512-uniform-offset-k12", 128, 512, 6, "uniform", 0.0, 1.0, 0.1, 12, 65536, 64, 5e-3),
 ]
 
-# mlxterp variants: SAEConfig overrides on top of (expansion_factor, k, num_epochs, learning_rate).
+# mlxterp variants: SAEConfig overrides on top of (expansion_factor, k, num_epochs, learning_rate=the
+# case's LR). That LR is an Adam LR: the sign-descent variants take their own LR rule (learning_rate
+# None), as sparsify does.
+SIGNUM_SF = {"optimizer": "signum", "lr_schedule": "schedule_free", "learning_rate": None}
 VARIANTS: dict[str, dict] = {
-    "default": {},
-    "constant": {"lr_schedule": "constant"},
-    "min_lr_0.5": {"min_lr_ratio": 0.5},
+    "default": {},                                           # Adam, warmup, constant LR
+    "cosine_0.1": {"lr_schedule": "cosine", "min_lr_ratio": 0.1},   # the default before 2026-12-01
     "no_warmup": {"warmup_steps": 0},
     "no_clip": {"gradient_clip": None},
-    "clip_10": {"gradient_clip": 10.0},
     "b_dec_mean": {"b_dec_init": "mean"},
     "no_norm": {"normalize_input": False},
     "no_auxk": {"auxk_coefficient": 0.0},
     "dead_16k": {"dead_tokens_threshold": 16384},
-    "default_lr_rule": {"learning_rate": None},
-    "constant_no_clip": {"lr_schedule": "constant", "gradient_clip": None},
-    "constant_no_warmup": {"lr_schedule": "constant", "warmup_steps": 0},
-    "min_lr_1.0": {"min_lr_ratio": 1.0},
-    "constant_dead_16k": {"lr_schedule": "constant", "dead_tokens_threshold": 16384},
-    "cosine_0.1": {"lr_schedule": "cosine", "min_lr_ratio": 0.1},
-    "constant_no_norm": {"lr_schedule": "constant", "normalize_input": False},
-    "constant_b_dec_mean": {"lr_schedule": "constant", "b_dec_init": "mean"},
-    "constant_no_auxk": {"lr_schedule": "constant", "auxk_coefficient": 0.0},
+    "lr_rule": {"learning_rate": None},
+    "adam_schedule_free": {"lr_schedule": "schedule_free"},
+    "signum_sf": SIGNUM_SF,                                  # sparsify's default recipe
+    "signum_sf_no_norm": {**SIGNUM_SF, "normalize_input": False},
+    "signum_sf_no_warmup": {**SIGNUM_SF, "warmup_steps": 0},
+    "signum_constant": {**SIGNUM_SF, "lr_schedule": "constant"},   # no average
     # Architectures at the same k: TopK (the default), BatchTopK, JumpReLU (L0 target k), Matryoshka.
     "batchtopk": {"architecture": "batchtopk"},
     "jumprelu": {"architecture": "jumprelu"},
     "matryoshka": {"architecture": "matryoshka_batchtopk"},
-    "constant_bare": {"lr_schedule": "constant", "warmup_steps": 0, "gradient_clip": None, "b_dec_init": "mean",
-                      "normalize_input": False, "auxk_coefficient": 0.0},
 }
-DEFAULT_VARIANTS = ["default", "cosine_0.1", "constant"]
+DEFAULT_VARIANTS = ["default", "signum_sf"]
 
 
 # -- data ---------------------------------------------------------------------------------

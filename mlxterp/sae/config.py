@@ -15,7 +15,10 @@ INFERENCE_ARCHITECTURES = ARCHITECTURES
 # JumpReLU's pseudo-derivative kernel width, in the normalized input space (pre-activations ~ 1).
 DEFAULT_BANDWIDTH = 0.2
 NORMALIZATION_SCHEMES = ("none", "expected_norm", "standardize", "unit_norm")
-LR_SCHEDULES = ("cosine", "constant")
+OPTIMIZERS = ("adam", "signum")
+LR_SCHEDULES = ("cosine", "constant", "schedule_free")
+# Peak LR at 2**14 latents when learning_rate is None, scaled by 1/sqrt(d_hidden / 2**14) (sparsify's rules).
+LR_AT_16K_LATENTS = {"adam": 2e-4, "signum": 5e-3}
 B_DEC_INITS = ("geometric_median", "mean", "zeros")
 MAX_DEAD_TOKENS_THRESHOLD = 1 << 30
 
@@ -58,6 +61,7 @@ class SAEConfig:
     dead_tokens_threshold: int = 1_000_000
     resample_dead_every: int | None = None
     # Optimization
+    optimizer: str = "adam"
     learning_rate: float | None = None
     lr_schedule: str = "constant"
     warmup_steps: int = 100
@@ -98,6 +102,7 @@ class SAEConfig:
             raise SAEError(f"dead_tokens_threshold must be at most {MAX_DEAD_TOKENS_THRESHOLD}, "
                            f"got {self.dead_tokens_threshold}")
         _positive_int(self, "resample_dead_every", optional=True)
+        _choice(self, "optimizer", OPTIMIZERS)
         if self.learning_rate is not None:
             _positive_float(self, "learning_rate")
         _choice(self, "lr_schedule", LR_SCHEDULES)
@@ -150,10 +155,11 @@ class SAEConfig:
         return d_model * self.expansion_factor
 
     def resolved_learning_rate(self, d_hidden: int) -> float:
-        """`learning_rate`, or when None sparsify's 2e-4 / sqrt(d_hidden / 2**14)."""
+        """`learning_rate`, or when None sparsify's rule for the optimizer: 2e-4 (Adam) or 5e-3
+        (signum) times 1 / sqrt(d_hidden / 2**14)."""
         if self.learning_rate is not None:
             return self.learning_rate
-        return 2e-4 / math.sqrt(d_hidden / 2**14)
+        return LR_AT_16K_LATENTS[self.optimizer] / math.sqrt(d_hidden / 2**14)
 
     def resolved_k_aux(self, d_model: int) -> int:
         """`k_aux`, or when None d_model // 2 (Gao et al.), at most the number of latents."""

@@ -41,8 +41,13 @@ def resample_dead(trainer: "SAETrainer", x: mx.array) -> None:
         sae.W_enc = _set_rows(sae.W_enc, rows, 0.2 * enc_norm * directions)
     sae.b_enc = _set_rows(sae.b_enc, rows, 0.0)
     for name in ["W_enc", "b_enc"] + ([] if sae.tied_weights else ["W_dec"]):
+        state = opt.state[name]
         for moment in ("m", "v"):
-            opt.state[name][moment] = _set_rows(opt.state[name][moment], rows, 0.0)
+            if moment in state:
+                state[moment] = _set_rows(state[moment], rows, 0.0)
+        for point in ("sf_z", "sf_x"):
+            if point in state:
+                state[point] = _set_rows(state[point], rows, getattr(sae, name)[rows])
     trainer.counters["tokens_since_fired"] = _set_rows(trainer.counters["tokens_since_fired"], rows, 0)
     mx.eval(sae.state, opt.state, trainer.counters)
 

@@ -32,7 +32,8 @@ from .matryoshka import resolve_prefixes
 from .metrics import TRAINING_METRICS, FeatureStats, evaluate_reconstruction, start_wandb
 from .model import SAE
 from .ops import latent_totals
-from .optim import apply_update, lr_at, training_cache_limit
+from .optim import (apply_update, averaged_parameters, init_schedule_free, lr_at, make_optimizer, on_average,
+                    training_cache_limit)
 from .resample import resample_dead
 from .train_data import TrainData
 
@@ -65,6 +66,7 @@ class SAETrainer:
             raise SAEError("resample_dead_every resamples an SAE's latents from its inputs; a transcoder's "
                            "dead latents are revived by AuxK: set resample_dead_every=None")
         self.k_aux = config.resolved_k_aux(sae.d_model)
+        self._dec_key = "W_enc" if sae.tied_weights else "W_dec"  # the rows kept at unit norm
         self.prefixes = None
         if config.architecture == "matryoshka_batchtopk":
             self.prefixes = resolve_prefixes(config.matryoshka_prefixes, sae.d_hidden, config.k)
@@ -78,7 +80,7 @@ class SAETrainer:
         self.batch_in_epoch = 0
         self.total_steps = 0
         self.history: list[dict[str, float]] = []
-        self.optimizer: optim.Adam | None = None
+        self.optimizer: optim.Optimizer | None = None
         self.counters = self._fresh_counters()
         self.any_dead = False
         self._steps_since_log = 0
@@ -169,13 +171,13 @@ class SAETrainer:
                 "use lr_schedule='constant'"
             )
         ckpt = checkpoint_path(save_path) if save_path is not None else None
-        self.optimizer = optim.Adam(learning_rate=self.peak_lr, bias_correction=True)
-        self.optimizer.init(self.sae.trainable_parameters())
+        self.optimizer = make_optimizer(cfg, self.peak_lr, self.sae.trainable_parameters())
         first_stream = None
         resuming = resume and ckpt is not None and self.dp.has_checkpoint(ckpt)
         if resuming:
             distributed.run_on_main(lambda: load_checkpoint(self, ckpt), f"reading the checkpoint {ckpt}")
             self.optimizer.init(self.sae.trainable_parameters())
+            init_schedule_free(self.optimizer, cfg, self.sae.trainable_parameters())
         elif self.step == 0:
             first_stream = distributed.run_on_main(lambda: self._initialize(train, init_sample), "initializing the SAE")
         self.dp.share_state(self)
@@ -207,8 +209,11 @@ class SAETrainer:
 
     def finish(self, metrics: dict[str, float], save_path: str | os.PathLike | None,
                ckpt: Path | None) -> dict[str, float]:
-        """Check a JumpReLU run's L0, record the run in the SAE's metadata, save it to `save_path`
-        (rank 0) and remove the checkpoint."""
+        """End on the schedule-free average (if any), check a JumpReLU run's L0, record the run in
+        the SAE's metadata, save it to `save_path` (rank 0) and remove the checkpoint."""
+        average = averaged_parameters(self.optimizer, self.sae.trainable_parameters(), self._dec_key)
+        if average is not None:  # schedule-free: the SAE to keep is the average
+            self.sae.update(average)
         if self.config.architecture == "jumprelu" and self.history:
             check_l0(self.history[-1]["l0"], self.config.k, self.config.l0_coefficient, self.step)
         self._record_training(metrics)
@@ -233,7 +238,7 @@ class SAETrainer:
     # -- the compiled step ---------------------------------------------------------------
     def _build_step(self, with_auxk: bool) -> Callable[[mx.array], None]:
         sae, opt, cfg, counters, dp = self.sae, self.optimizer, self.config, self.counters, self.dp
-        dec_key = "W_enc" if sae.tied_weights else "W_dec"
+        dec_key = self._dec_key
         d_hidden, k_aux, peak, total = sae.d_hidden, self.k_aux, self.peak_lr, self.total_steps
 
         def loss_fn(x: mx.array, dead: mx.array):
@@ -352,7 +357,9 @@ class SAETrainer:
 
     def _validate(self, val: TrainData) -> dict[str, float]:
         stream = train_data.raw_batches(val, self.sae.data_width, self.config, None)
-        result = evaluate_reconstruction(self.sae, train_data.batches(stream, self.config.batch_size, drop_last=False))
+        with on_average(self.sae, self.optimizer, self._dec_key):
+            result = evaluate_reconstruction(self.sae, train_data.batches(stream, self.config.batch_size,
+                                                                          drop_last=False))
         out = {f"val/{k}": float(v) for k, v in result.items()}
         out["val/loss"] = out["val/fvu"]
         if self._wandb is not None:

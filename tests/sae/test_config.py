@@ -24,6 +24,7 @@ def test_defaults_and_derived_values():
     cfg = SAEConfig()
     assert (cfg.architecture, cfg.batch_size, cfg.drop_first_tokens, cfg.auxk_coefficient) == ("topk", 4096, 1, 1 / 32)
     assert cfg.max_norm_ratio == 10.0
+    assert (cfg.optimizer, cfg.lr_schedule) == ("adam", "constant")
     assert cfg.resolved_learning_rate(2**14) == pytest.approx(2e-4)
     assert cfg.resolved_learning_rate(2**16) == pytest.approx(1e-4)
     assert SAEConfig(learning_rate=3e-4).resolved_learning_rate(2**16) == 3e-4
