@@ -5,6 +5,7 @@ plain forward truncated by hand at the layer, and trace() saving that layer (whi
 forward there). Targets: trace >= plain full forward; trace overhead < 5% over the truncated one.
 
     python benchmarks/trace_capture.py [--layer 15] [--batch 8] [--seq 256] [--repeats 5]
+    python benchmarks/trace_capture.py --trace-only    # the trace alone, beside benchmarks/hf_capture.py
 """
 
 from __future__ import annotations
@@ -50,6 +51,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--trace-only", action="store_true",
+                        help="time only trace() (--warmup, then --repeats), as hf_capture.py times transformers")
+    parser.add_argument("--warmup", type=int, default=1)
     args = parser.parse_args()
 
     model = InterpretableModel.default()
@@ -69,6 +73,17 @@ def main() -> None:
     def traced():
         with model.trace(tokens, default_capture=False):
             model.layers[args.layer].output.save()
+
+    if args.trace_only:
+        times = []
+        for i in range(args.warmup + args.repeats):
+            start = time.perf_counter()
+            traced()
+            if i >= args.warmup:
+                times.append(time.perf_counter() - start)
+        print(f"trace() saving layer {args.layer}: {n / statistics.median(times):,.0f} tokens/s (median of "
+              f"{args.repeats}; min {n / max(times):,.0f}, max {n / min(times):,.0f}; {n} tokens per forward)")
+        return
 
     results = {}
     for name, fn in [("plain forward (all layers + logits)", plain_full),

@@ -74,3 +74,73 @@ def test_numpy_bundled_openblas_is_not_taken_for_the_fast_one():
     code = "import numpy; from mlxterp.platform import fast_blas_loaded; print(fast_blas_loaded())"
     result = subprocess.run([sys.executable, "-W", "ignore", "-c", code], env=env, capture_output=True, text=True)
     assert result.stdout.strip() == "False", result.stderr
+
+
+AVX512 = {"avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512cd"}
+
+
+@pytest.mark.parametrize("detected, flags, forced", [
+    ("Prescott", AVX512, "SkylakeX"),       # OpenBLAS 0.3.21 on a Xeon newer than it knows
+    ("Prescott", {"avx", "avx2", "fma"}, "Haswell"),
+    ("Nehalem", {"avx"}, "SandyBridge"),
+    ("Zen", AVX512, "SkylakeX"),            # Zen 4 under an OpenBLAS that predates it
+    ("Zen", {"avx", "avx2", "fma"}, None),
+    ("Cooperlake", AVX512, None),
+    ("Haswell", {"avx", "avx2", "fma"}, None),
+    ("Prescott", {"sse3"}, None),           # nothing wider to force
+    ("SomeFutureCore", AVX512, None),       # unknown targets are left alone
+    (None, AVX512, None),
+])
+def test_wider_openblas_core(detected, flags, forced):
+    assert platform.wider_openblas_core(detected, flags) == forced
+
+
+def test_entry_points_force_the_wider_openblas_target(slow_linux, monkeypatch):
+    monkeypatch.setattr(sys, "orig_argv", ["python", "script.py"])
+    monkeypatch.setattr(platform, "openblas_core", lambda path: "Prescott")
+    monkeypatch.setattr(platform, "cpu_flags", lambda: AVX512)
+    monkeypatch.delenv("OPENBLAS_CORETYPE", raising=False)
+    platform.reexec_with_fast_blas()
+    (_, _, env), = slow_linux
+    assert env["OPENBLAS_CORETYPE"] == "SkylakeX" and env["LD_PRELOAD"].startswith("/usr/lib/libblas-test.so")
+
+    # OpenBLAS already preloaded but narrow: re-exec once with the target only.
+    slow_linux.clear()
+    monkeypatch.setattr(platform, "fast_blas_loaded", lambda: True)
+    monkeypatch.setenv("LD_PRELOAD", "/elsewhere.so")
+    platform.reexec_with_fast_blas()
+    (_, _, env), = slow_linux
+    assert env["OPENBLAS_CORETYPE"] == "SkylakeX" and env["LD_PRELOAD"] == "/elsewhere.so"
+
+    # The user's own OPENBLAS_CORETYPE stands: nothing to redo.
+    slow_linux.clear()
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
+    platform.reexec_with_fast_blas()
+    assert slow_linux == []
+
+
+def test_library_use_warns_about_a_narrow_openblas_target(slow_linux, monkeypatch):
+    monkeypatch.setattr(platform, "fast_blas_loaded", lambda: True)
+    monkeypatch.setattr(platform, "openblas_core", lambda path: "Prescott")
+    monkeypatch.setattr(platform, "cpu_flags", lambda: AVX512)
+    monkeypatch.delenv("OPENBLAS_CORETYPE", raising=False)
+    with pytest.warns(RuntimeWarning, match="Prescott kernels.*OPENBLAS_CORETYPE=SkylakeX"):
+        platform.warn_if_slow_blas()
+    assert slow_linux == []
+
+
+def test_an_entry_point_runs_the_widest_openblas_target_this_cpu_allows():
+    """On this machine, for real: after use_fast_blas() OpenBLAS runs at least as wide a target
+    as the CPU's flags allow (Debian's 0.3.21 alone picks SSE3 'Prescott' on recent Xeons)."""
+    if platform.openblas_path() is None or not platform.cpu_flags():
+        pytest.skip("Linux with Debian's OpenBLAS only")
+    import os
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "OPENBLAS_CORETYPE", "MLXTERP_BLAS_REEXEC")}
+    code = ("from mlxterp import platform as p; p.use_fast_blas(); "
+            "print(p.openblas_core(p.openblas_path()))")
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    core = result.stdout.strip()
+    assert result.returncode == 0 and core, result.stderr
+    assert platform.wider_openblas_core(core, platform.cpu_flags()) is None, core
