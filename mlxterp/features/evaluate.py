@@ -18,7 +18,7 @@ from ..data import load_texts
 from ..errors import SAEError
 from ..sae.checks import resolve_model, sae_hook_point
 from ..sae.metrics import evaluate_reconstruction
-from .interventions import sae_edit_fn, splice_edit
+from .interventions import position_mask, sae_edit_fn, splice_edit
 
 if TYPE_CHECKING:
     from ..hookpoint import HookPoint
@@ -135,6 +135,4 @@ def _zero_ablation(x: mx.array, y: mx.array | None = None, index=None) -> mx.arr
     target = x if y is None else y
     if index is None:
         return mx.zeros_like(target)
-    chosen = mx.zeros((target.shape[1],), dtype=mx.bool_)
-    chosen[index] = True
-    return mx.where(chosen[None, :, None], mx.zeros_like(target), target)
+    return mx.where(position_mask(target.shape[1], index)[None, :, None], mx.zeros_like(target), target)

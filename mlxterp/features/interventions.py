@@ -106,9 +106,7 @@ def sae_edit_fn(sae: "SAE", edits: Sequence[FeatureEdit] = (), error_term: bool 
         if y is not None:
             keep = keep & within_limit(target, sae.metadata.get("max_target_norm"))
         if index is not None:
-            chosen = mx.zeros((x.shape[1],), dtype=mx.bool_)
-            chosen[index] = True
-            keep = keep & chosen
+            keep = keep & position_mask(x.shape[1], index)
         edited = codes
         for edit in edits:
             edited = edit.apply(edited)
@@ -124,6 +122,13 @@ def sae_edit_fn(sae: "SAE", edits: Sequence[FeatureEdit] = (), error_term: bool 
         return mx.where(keep[..., None], out, target).astype((x if y is None else y).dtype)
 
     return spliced
+
+
+def position_mask(length: int, index) -> mx.array:
+    """(length,) bool: True at the token positions `index` (what an index-taking edit is given)."""
+    chosen = mx.zeros((length,), dtype=mx.bool_)
+    chosen[index] = True
+    return chosen
 
 
 def splice_edit(sae: "SAE", model: "InterpretableModel", fn: Callable, positions: Positions, label: str,
