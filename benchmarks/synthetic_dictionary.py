@@ -88,6 +88,7 @@ VARIANTS: dict[str, dict] = {
     "no_warmup": {"warmup_steps": 0},
     "no_clip": {"gradient_clip": None},
     "b_dec_mean": {"b_dec_init": "mean"},
+    "no_warmup_b_dec_mean": {"warmup_steps": 0, "b_dec_init": "mean"},
     "no_norm": {"normalize_input": False},
     "no_auxk": {"auxk_coefficient": 0.0},
     "dead_16k": {"dead_tokens_threshold": 16384},
