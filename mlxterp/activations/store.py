@@ -166,11 +166,12 @@ class ActivationStore:
                 "shard_target_rows": self.shard_rows}
 
     def _resumable(self) -> dict:
-        """The manifest to continue the capture from: this cache's, when it was laid out alike and
-        its shards are there, else a fresh one (the folder's old shards removed)."""
+        """The manifest to continue the capture from: this cache's when it is complete, or partial
+        and laid out alike with its shards there; else a fresh one (the folder's old shards removed)."""
         manifest = self._manifest()
-        if (manifest is not None and all(manifest.get(k) == v for k, v in self._layout().items())
-                and all((self.cache_dir / name).is_file() for name in manifest["shards"])):
+        if manifest is not None and manifest.get("n_tokens") == self.n_tokens and (manifest["complete"] or (
+                all(manifest.get(k) == v for k, v in self._layout().items())
+                and all((self.cache_dir / name).is_file() for name in manifest["shards"]))):
             return manifest
         manifest = {"format": disk_cache.CACHE_FORMAT, "version": disk_cache.CACHE_VERSION, **self._identity(),
                     **self._layout(), "complete": False, "rows": 0, "contexts_done": 0, "shards": [], "shard_rows": []}

@@ -78,6 +78,14 @@ def test_memory_mapped_reads_give_the_rows_the_model_gave(model, tmp_path):
     np.testing.assert_array_equal(by_row(again), by_row(captured))
 
 
+def test_a_complete_cache_is_read_by_a_store_of_other_buffer_and_forward_sizes(model, tmp_path, monkeypatch):
+    written = np.concatenate(list(small_store(model, tmp_path).chunks()))
+    calls = count_forwards(model, monkeypatch)
+    reader = ActivationStore(model, TEXTS, model.hook_point(1, "mlp"), SETTINGS, cache_dir=tmp_path, progress=False)
+    np.testing.assert_array_equal(np.concatenate(list(reader.chunks())), written)
+    assert calls["n"] == 0
+
+
 def test_the_shuffle_mixes_many_shards_within_a_bounded_buffer(tmp_path):
     manifest = synthetic_cache(tmp_path, n_shards=20)
     blocks = disk_cache.shuffled_blocks(tmp_path, manifest, 16, np.random.default_rng(0))
