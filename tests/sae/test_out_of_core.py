@@ -4,6 +4,7 @@ buffer, a capture and a training run resumed mid-way, and a full disk."""
 import errno
 import json
 import tracemalloc
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -228,3 +229,10 @@ def test_training_killed_mid_epoch_resumes_to_the_same_sae(model, tmp_path, monk
     for name, value in tree_flatten(straight.parameters()):
         np.testing.assert_allclose(np.array(resumed_weights[name]), np.array(value), rtol=1e-5, atol=1e-6, err_msg=name)
     assert not checkpoint_path(tmp_path / "resumed.mlx").exists()
+
+
+def test_a_capture_warns_first_when_the_disk_is_too_small(model, tmp_path, monkeypatch):
+    store = small_store(model, tmp_path)
+    monkeypatch.setattr(disk_cache.shutil, "disk_usage", lambda path: SimpleNamespace(total=1000, used=0, free=1000))
+    with pytest.warns(UserWarning, match=r"needs about 0\.\d MiB and its disk has 0\.0 MiB free"):
+        next(store.chunks())
