@@ -82,7 +82,7 @@ def train_sae_on_model(
         "norm_outlier_fraction": float(1 - init_kept.mean()),
     }
     sae = train_sae_on_activations(
-        lambda: train.batches(config.batch_size),
+        lambda epoch: train.batches(config.batch_size, epoch=epoch),
         config,
         d_model=model.d_model,
         val=(lambda: val.batches(config.batch_size)) if val is not None else None,
@@ -169,7 +169,8 @@ def train_saes_on_model(
         saes[name] = sae
     if save_dir is not None:
         Path(save_dir).mkdir(parents=True, exist_ok=True)
-    train_many(jobs, lambda: train.batches(config.batch_size), train.n_tokens, progress=progress)
+    train_many(jobs, lambda epoch: train.batches(config.batch_size, epoch=epoch), train.n_tokens,
+               progress=progress)
     for sae in saes.values():
         sae.attached_model = model
     return saes

@@ -3,9 +3,11 @@ served side by side in each row) over a text dataset, shuffled and cached.
 
 Texts are packed into contexts (`pack_texts`); only the positions that count are kept. With
 `max_token_norm` set, tokens whose activation norm exceeds it are dropped too (the norm limit).
-Tokens from many documents are mixed in a shuffle buffer, so memory stays bounded by the buffer
-whatever the dataset size. With `cache_dir`, the first pass writes safetensors shards and later
-epochs (or another SAE on the same hook point) read them instead of running the model.
+Tokens from many documents are mixed in a bounded shuffle buffer (`shuffle`). With `cache_dir`,
+the first pass writes safetensors shards (`disk_cache`; a capture interrupted resumes from its last
+complete shard) and later epochs (or another SAE on the same hook point) read them back a block of
+rows at a time, blocks of all shards in random order, instead of running the model: memory stays
+bounded by the buffer whatever the dataset size.
 """
 
 from __future__ import annotations
@@ -19,22 +21,18 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 
 import mlx.core as mx
 import numpy as np
-from safetensors.numpy import load_file, save_file
 from tqdm.auto import tqdm
 
-from ..batching import rebatch
 from ..errors import DataError
 from ..hookpoint import HookPoint
-from ..io_utils import atomic_path, atomic_write_text
+from . import disk_cache
 from .contexts import ContextSettings, pack_texts
 from .norm_limit import within_limit
 from .shards import check_cache_identity
+from .shuffle import shuffled_batches
 
 if TYPE_CHECKING:
     from ..model import InterpretableModel
-
-CACHE_FORMAT = "mlxterp.activation_cache"
-CACHE_VERSION = 3  # 3: the manifest names the model's fingerprint
 
 
 class ActivationStore:
@@ -44,8 +42,9 @@ class ActivationStore:
     their activations side by side, (n_tokens, len(hooks) * d_model) in `hooks` order
     (`columns(i)` slices hook i's); the cache holds them all.
 
-    `batches(batch_size)` yields shuffled float32 mx.arrays for one epoch; it runs the model
-    on the first epoch (writing the cache when `cache_dir` is set) and reads the cache after.
+    `batches(batch_size, epoch=None)` yields shuffled float32 mx.arrays for one epoch (the same
+    ones for the same epoch); it runs the model on the first epoch (writing the cache when
+    `cache_dir` is set) and reads the cache after.
     The cache holds every kept token; `max_token_norm` (None: no limit) filters what is served,
     so changing it never invalidates the cache. `max_tokens` caps the tokens per epoch.
     """
@@ -81,6 +80,7 @@ class ActivationStore:
         self.max_tokens = max_tokens
         self.n_tokens = packed.n_tokens if max_tokens is None else min(packed.n_tokens, max_tokens)
         self.shuffle_buffer_tokens = shuffle_buffer_tokens
+        self.shard_rows = max(1, shuffle_buffer_tokens // 4)  # rows per cache shard (a few forwards more)
         self.progress = progress
         self.name = name
         self.max_token_norm = max_token_norm
@@ -112,11 +112,11 @@ class ActivationStore:
         return f"{self.name}-{digest.hexdigest()[:16]}"
 
     # -- producing activations ------------------------------------------------------------
-    def _model_chunks(self, order: np.ndarray) -> Iterator[np.ndarray]:
-        """(n_kept, d_model) float32 activations of contexts in `order`, a forward at a time."""
+    def _model_chunks(self, order: np.ndarray, produced: int = 0) -> Iterator[np.ndarray]:
+        """(n_kept, d_model) float32 activations of contexts in `order`, a forward at a time
+        (`produced`: tokens of the epoch served before these, for `max_tokens` and the bar)."""
         step = self.contexts_per_forward
-        produced = 0
-        bar = tqdm(total=self.n_tokens, desc=f"activations ({self.name})", unit="tok",
+        bar = tqdm(total=self.n_tokens, initial=produced, desc=f"activations ({self.name})", unit="tok",
                    disable=not self.progress, leave=False)
         for start in range(0, len(order), step):
             rows = order[start : start + step]
@@ -138,90 +138,128 @@ class ActivationStore:
                 break
         bar.close()
 
-    def _cached_chunks(self, rng: random.Random) -> Iterator[np.ndarray]:
-        manifest = json.loads((self.cache_dir / "manifest.json").read_text())
-        shards = list(manifest["shards"])
-        rng.shuffle(shards)
-        for shard in shards:
-            yield load_file(str(self.cache_dir / shard))["activations"]
+    def _capture_order(self, epoch: int = 0) -> np.ndarray:
+        """The contexts in the order epoch `epoch` runs them through the model (0: the cache's)."""
+        order = np.arange(len(self.contexts))
+        random.Random(self.seed + epoch).shuffle(order)
+        return order
+
+    def _manifest(self) -> dict | None:
+        """The cache's manifest (None: no cache, or none of this format); one written for other
+        activations is refused."""
+        manifest = disk_cache.read_manifest(self.cache_dir) if self.cache_dir is not None else None
+        if manifest is not None:
+            check_cache_identity(manifest, self._identity(), self.cache_dir)
+        return manifest
 
     def _cache_complete(self) -> bool:
-        if self.cache_dir is None or not (self.cache_dir / "manifest.json").exists():
-            return False
-        manifest = json.loads((self.cache_dir / "manifest.json").read_text())
-        if manifest.get("format") != CACHE_FORMAT or manifest.get("version") != CACHE_VERSION:
-            return False
-        check_cache_identity(manifest, self._identity(), self.cache_dir)
-        return manifest.get("n_tokens") == self.n_tokens
+        manifest = self._manifest()
+        return manifest is not None and manifest.get("complete") is True and manifest.get("n_tokens") == self.n_tokens
 
     def _identity(self) -> dict:
         return {"model": self.model.name, "model_fingerprint": self.model.fingerprint, "hook": self._hook_key(),
                 "contexts": self.settings.to_dict(), "seed": self.seed, "d_model": self.d_model}
 
-    def _chunks_writing_cache(self, order: np.ndarray) -> Iterator[np.ndarray]:
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        (self.cache_dir / "manifest.json").unlink(missing_ok=True)  # its shards are about to be replaced
-        shards = []
-        chunks = rebatch(self._model_chunks(order), self.shuffle_buffer_tokens // 4, drop_last=False)
-        for i, chunk in enumerate(chunks):
-            name = f"shard-{i:05d}.safetensors"
-            with atomic_path(self.cache_dir / name) as tmp:
-                save_file({"activations": np.ascontiguousarray(chunk)}, str(tmp))
-            shards.append(name)
-            yield chunk
-        manifest = {"format": CACHE_FORMAT, "version": CACHE_VERSION, **self._identity(),
-                    "n_tokens": self.n_tokens, "shards": shards}
-        atomic_write_text(self.cache_dir / "manifest.json", json.dumps(manifest, indent=1))
+    def _layout(self) -> dict:
+        """How the capture is cut into shards; a partial capture resumes only under the same."""
+        return {"n_tokens": self.n_tokens, "contexts_per_forward": self.contexts_per_forward,
+                "shard_target_rows": self.shard_rows}
 
-    def chunks(self) -> Iterator[np.ndarray]:
-        """One epoch of (n, d_model) float32 chunks, in a fresh random context/shard order."""
-        rng = random.Random(self.seed + self._epoch)
-        self._epoch += 1
-        if self._cache_complete():
-            source = self._cached_chunks(rng)
+    def _resumable(self) -> dict:
+        """The manifest to continue the capture from: this cache's when it is complete, or partial
+        and laid out alike with its shards there; else a fresh one (the folder's old shards removed)."""
+        manifest = self._manifest()
+        if manifest is not None and manifest.get("n_tokens") == self.n_tokens and (manifest["complete"] or (
+                all(manifest.get(k) == v for k, v in self._layout().items())
+                and all((self.cache_dir / name).is_file() for name in manifest["shards"]))):
+            return manifest
+        manifest = {"format": disk_cache.CACHE_FORMAT, "version": disk_cache.CACHE_VERSION, **self._identity(),
+                    **self._layout(), "complete": False, "rows": 0, "contexts_done": 0, "shards": [], "shard_rows": []}
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        disk_cache.warn_if_short(self.cache_dir, self.n_tokens * 4 * self.d_model)
+        disk_cache.start(self.cache_dir, manifest)
+        return manifest
+
+    def _captured(self) -> Iterator[np.ndarray]:
+        """The cache-order activations, a shard at a time: the shards on disk (a capture resumed
+        after an interruption; all of them once complete), then the model's for the rest, each
+        shard written and recorded in the manifest before it is served."""
+        manifest = self._resumable()
+        yield from disk_cache.shards(self.cache_dir, manifest)
+        if manifest["complete"]:
+            return
+        order, done = self._capture_order(), manifest["contexts_done"]
+        pending: list[np.ndarray] = []
+        forwards = self._model_chunks(order[done:], produced=manifest["rows"])
+        for i, chunk in enumerate(forwards, start=1):
+            pending.append(chunk)
+            if sum(map(len, pending)) >= self.shard_rows:
+                yield self._write_shard(manifest, pending, min(done + i * self.contexts_per_forward, len(order)))
+                pending = []
+        if pending:
+            yield self._write_shard(manifest, pending, len(order))
+        manifest["complete"] = True
+        disk_cache.write_manifest(self.cache_dir, manifest)
+
+    def _write_shard(self, manifest: dict, pending: list[np.ndarray], contexts_done: int) -> np.ndarray:
+        """Write the rows `pending` as the next shard, then record it (and the capture's progress)."""
+        rows = np.concatenate(pending)
+        rows_to_go = self.n_tokens - manifest["rows"] - len(rows)
+        manifest["shards"].append(disk_cache.write_shard(self.cache_dir, manifest, {"activations": rows}, rows_to_go))
+        manifest["shard_rows"].append(len(rows))
+        manifest["rows"] += len(rows)
+        manifest["contexts_done"] = contexts_done
+        disk_cache.write_manifest(self.cache_dir, manifest, rows_to_go)
+        return rows
+
+    def _next_epoch(self, epoch: int | None) -> int:
+        if epoch is None:
+            epoch = self._epoch
+        self._epoch = epoch + 1
+        return epoch
+
+    def chunks(self, epoch: int | None = None) -> Iterator[np.ndarray]:
+        """One epoch of (n, d_model) float32 chunks (default: the epoch after the last one served).
+
+        Without a cache, epoch e runs the model over the contexts in a random order of its own.
+        With `cache_dir`, epoch 0 serves the cache in capture order (capturing what is not on
+        disk yet), and later epochs read it back as blocks of rows from all shards in a random
+        order: the same chunks whether the cache was written by this run or an earlier one."""
+        epoch = self._next_epoch(epoch)
+        if self.cache_dir is None:
+            source = self._model_chunks(self._capture_order(epoch))
+        elif epoch == 0 or not self._cache_complete():
+            source = self._captured()
         else:
-            order = np.arange(len(self.contexts))
-            rng.shuffle(order)
-            source = self._chunks_writing_cache(order) if self.cache_dir is not None else self._model_chunks(order)
+            source = disk_cache.shuffled_blocks(self.cache_dir, self._manifest(), max(1, self.shard_rows // 4),
+                                                np.random.default_rng([self.seed % 2**32, epoch, 1]))
         if self.max_token_norm is None:
             return source
         return (chunk[np.array(within_limit(chunk, self.max_token_norm))] for chunk in source)
 
-    def batches(self, batch_size: int, drop_last: bool = False) -> Iterator[mx.array]:
-        """One epoch of shuffled (batch_size, d_model) float32 batches from a shuffle buffer."""
-        rng = np.random.default_rng(self.seed + self._epoch)
-        buffer = np.zeros((0, self.d_model), dtype=np.float32)
-        for chunk in self.chunks():
-            buffer = np.concatenate([buffer, chunk])
-            if len(buffer) < self.shuffle_buffer_tokens:
-                continue
-            buffer = buffer[rng.permutation(len(buffer))]
-            n_out = (len(buffer) - self.shuffle_buffer_tokens // 2) // batch_size * batch_size
-            for start in range(0, n_out, batch_size):
-                yield mx.array(buffer[start : start + batch_size])
-            buffer = buffer[n_out:]
-        buffer = buffer[rng.permutation(len(buffer))]
-        for start in range(0, len(buffer), batch_size):
-            batch = buffer[start : start + batch_size]
-            if len(batch) == batch_size or (not drop_last and len(batch)):
-                yield mx.array(batch)
+    def batches(self, batch_size: int, drop_last: bool = False, epoch: int | None = None) -> Iterator[mx.array]:
+        """One epoch of shuffled (batch_size, d_model) float32 batches (`chunks(epoch)` through a
+        shuffle buffer of `shuffle_buffer_tokens` rows). The same `epoch` gives the same batches,
+        which a run resumed mid-epoch relies on."""
+        epoch = self._next_epoch(epoch)
+        rng = np.random.default_rng([self.seed % 2**32, epoch, 0])
+        batches = shuffled_batches(self.chunks(epoch), batch_size, self.shuffle_buffer_tokens, rng, drop_last)
+        return (mx.array(batch) for batch in batches)
 
     def sample(self, n_tokens: int) -> mx.array:
-        """Up to `n_tokens` activations (for normalization statistics and decoder-bias init).
+        """The first `n_tokens` activations of the cache order (for normalization statistics and
+        decoder-bias init): the same rows whether the model or the cache gives them, so a resumed
+        run gets the sample (and norm limit) of the run it resumes. With `cache_dir` they start
+        the cache, and epoch 0 continues from there.
 
         The sample ignores `max_token_norm`, so that `norm_limit` can be set from it.
         """
-        rng = random.Random(self.seed - 1)
-        if self._cache_complete():
-            source = self._cached_chunks(rng)
-        else:
-            order = np.arange(len(self.contexts))
-            rng.shuffle(order)
-            source = self._model_chunks(order)
+        source = self._captured() if self.cache_dir is not None else self._model_chunks(self._capture_order())
         parts, have = [], 0
         for chunk in source:
-            parts.append(chunk)
-            have += len(chunk)
+            parts.append(chunk[: n_tokens - have])
+            have += len(parts[-1])
             if have >= n_tokens:
                 break
-        return mx.array(np.concatenate(parts)[:n_tokens])
+        source.close()
+        return mx.array(np.concatenate(parts))

@@ -4,13 +4,16 @@ Training data is one of (every batch is raw activations (..., d_model), any floa
 - an array (n_tokens, d_model) (mx or numpy): shuffled each epoch with `config.seed + epoch`;
   `config.validation_split` of it is held out when no validation data is given;
 - a list/tuple of arrays: streamed in order each epoch;
-- a callable returning a fresh iterable of arrays per epoch (e.g. `lambda: store.batches(4096)`).
+- a callable returning a fresh iterable of arrays per epoch (e.g. `lambda: store.batches(4096)`);
+  one that takes an argument is given the epoch number (`lambda epoch: store.batches(4096, epoch=epoch)`),
+  so a run resumed mid-epoch is served the same batches again and skips those it trained on.
 Streams are re-cut into batches of exactly `config.batch_size` tokens (one compiled shape); the
 last partial batch of an epoch is dropped. Validation data takes the same forms (never shuffled).
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any, Callable, Iterable, Iterator, Sequence, Union
 
@@ -75,9 +78,20 @@ def raw_batches(data: TrainData, d_model: int, config: SAEConfig, epoch: int | N
         for start in range(rank * bs, data.shape[0] - (ranks - rank) * bs + 1, ranks * bs):
             yield data[mx.array(order[start : start + bs])]
         return
-    source = data() if callable(data) else data
+    source = for_epoch(data, epoch or 0) if callable(data) else data
     for batch in source:
         yield as_tokens(batch, d_model, name).astype(mx.float32)
+
+
+def for_epoch(make: Callable[..., Iterable[Any]], epoch: int) -> Iterable[Any]:
+    """`make(epoch)` when the callable takes a required positional argument, else `make()`."""
+    try:
+        parameters = inspect.signature(make).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature
+        return make()
+    takes_epoch = any(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
+                      for p in parameters)
+    return make(epoch) if takes_epoch else make()
 
 
 def batches(stream: Iterable[mx.array], batch_size: int, drop_last: bool = True) -> Iterator[mx.array]:

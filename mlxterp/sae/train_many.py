@@ -18,7 +18,7 @@ import numpy as np
 from ..errors import SAEError
 from .optim import training_cache_limit
 from .train import SAETrainer
-from .train_data import TrainData
+from .train_data import TrainData, for_epoch
 
 
 @dataclass
@@ -55,14 +55,14 @@ class _Cutter:
 
 def train_many(
     jobs: list[Job],
-    train: Callable[[], Iterable[Any]],
+    train: Callable[..., Iterable[Any]],
     tokens_per_epoch: int | None,
     epochs: int | None = None,
     resume: bool = True,
     progress: bool = True,
 ) -> list[dict[str, float]]:
     """Train every job's SAE for `epochs` passes over `train` (a callable returning a fresh iterable
-    of shared rows per epoch); returns each job's last metrics, in order.
+    of shared rows per epoch, given the epoch when it takes an argument); returns each job's last metrics, in order.
 
     Each SAE trains on batches of its own `config.batch_size`; its checkpoints go beside its
     `save_path` and a resumed SAE skips the batches of the epoch it had already trained on.
@@ -87,7 +87,7 @@ def train_many(
                 cutters = {i: _Cutter(trainers[i].config.batch_size) for i in active}
                 skip = {i: trainers[i].batch_in_epoch for i in active}
                 ran = dict.fromkeys(active, 0)
-                for rows in train():
+                for rows in for_epoch(train, epoch):
                     rows = np.asarray(rows, dtype=np.float32)
                     for i in active:
                         for batch in cutters[i].push(jobs[i].select(rows)):
