@@ -168,7 +168,7 @@ class SAE(FeatureToolMethods, nn.Module):
 
     @property
     def W_dec(self) -> mx.array:
-        """(d_hidden, d_model) decoder; row i is feature i's direction, unit-norm but in a transcoder (W_enc when tied)."""
+        """(d_hidden, d_model) decoder; row i is feature i's direction (unit norm in an SAE; W_enc when tied)."""
         return self["W_enc"] if self.tied_weights else self["W_dec"]
 
     @property

@@ -115,11 +115,12 @@ def _state_of(opt: optim.Optimizer, name: str) -> dict:
     return state
 
 
-def apply_update(sae, opt: optim.Optimizer, grads: dict, lr: mx.array, dec_key: str | None, clip: float | None) -> mx.array:
+def apply_update(sae, opt: optim.Optimizer, grads: dict, lr: mx.array, dec_key: str | None,
+                 clip: float | None) -> mx.array:
     """Project, clip and apply `grads` at learning rate `lr`, renormalize the decoder rows;
     returns the unclipped gradient norm.
 
-    `dec_key` names the decoder parameter whose rows are kept at unit norm. When the optimizer
+    `dec_key` names the decoder parameter whose rows are kept at unit norm (None: none). When the optimizer
     carries schedule-free state (`init_schedule_free`), the step moves z, x averages z with weights
     lr^2 (warmup steps count less), and the SAE is set to y = (1 - b) z + b x.
     """
