@@ -9,12 +9,13 @@ over the activation cache. The evaluation shares what it can: one capture of the
 output for the FVU of all three, and per context one clean and one zero-ablated forward beside
 one spliced forward per SAE (the reconstruction alone, no error term; positions from 1 on).
 
-    python benchmarks/transcoder_smollm2.py [--layer 15] [--tokens 3072] [--epochs 4] [--out benchmarks/results]
+    python benchmarks/transcoder_smollm2.py [--layer 15] [--tokens 3072] [--epochs 4] [--out benchmarks/results] [--cache-dir DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import tempfile
 import time
@@ -54,6 +55,8 @@ def main() -> None:
     parser.add_argument("--eval-tokens", type=int, default=1024)
     parser.add_argument("--ce-contexts", type=int, default=2)
     parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--cache-dir", default=None,
+                        help="keep the training activations here (read back by a rerun); default: a temporary folder")
     args = parser.parse_args()
     model = InterpretableModel.default()
     articles = wikitext_articles(WIKITEXT)
@@ -62,7 +65,7 @@ def main() -> None:
     config = SAEConfig(k=32, expansion_factor=16, batch_size=args.batch_size, num_epochs=args.epochs,
                        validation_split=0.0, checkpoint_every=None)
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as cache:
+    with tempfile.TemporaryDirectory() if args.cache_dir is None else contextlib.nullcontext(args.cache_dir) as cache:
         saes = model.train_saes(f"layers.{args.layer}.mlp", train_texts, config, transcoders=[args.layer],
                                 skip_transcoders=[args.layer], cache_dir=cache, max_tokens=args.tokens,
                                 save_dir=Path(args.out) / "transcoder_saes")

@@ -29,7 +29,7 @@ class SAE(FeatureToolMethods, nn.Module):
     """Sparse autoencoder on raw activations (..., d_model) with d_hidden latents.
 
     Parameters: W_enc (d_hidden, d_model), b_enc (d_hidden,), W_dec (d_hidden, d_model) with
-    unit-norm rows (with `tied_weights` the decoder is W_enc itself), b_dec (d_model,), and
+    unit-norm rows (a transcoder's: free; with `tied_weights` the decoder is W_enc itself), b_dec (d_model,), and
     frozen state: `threshold` (BatchTopK's scalar inference threshold, JumpReLU's (d_hidden,)
     per-latent one) and `norm_stats` (input normalization). `encode` normalizes its input and
     `decode` undoes it, so callers always work with raw activations.
@@ -168,7 +168,7 @@ class SAE(FeatureToolMethods, nn.Module):
 
     @property
     def W_dec(self) -> mx.array:
-        """(d_hidden, d_model) decoder; row i is feature i's unit-norm direction (W_enc when tied)."""
+        """(d_hidden, d_model) decoder; row i is feature i's direction (unit norm in an SAE; W_enc when tied)."""
         return self["W_enc"] if self.tied_weights else self["W_dec"]
 
     @property

@@ -82,7 +82,7 @@ def init_schedule_free(opt: optim.Optimizer, config: SAEConfig, params: dict) ->
         state.setdefault("sf_x", mx.array(value))
 
 
-def averaged_parameters(opt: optim.Optimizer, params: dict, dec_key: str) -> dict | None:
+def averaged_parameters(opt: optim.Optimizer, params: dict, dec_key: str | None) -> dict | None:
     """The schedule-free average x of every parameter in `params`, decoder rows (`dec_key`) scaled
     to unit norm as in the point y the gradients were taken at (an average of unit rows is
     shorter); None when training is not schedule-free."""
@@ -95,7 +95,7 @@ def averaged_parameters(opt: optim.Optimizer, params: dict, dec_key: str) -> dic
 
 
 @contextlib.contextmanager
-def on_average(sae, opt: optim.Optimizer, dec_key: str):
+def on_average(sae, opt: optim.Optimizer, dec_key: str | None):
     """Inside the block the SAE holds the schedule-free average (if any), the SAE training ends
     with; its training point is put back after."""
     training_point = sae.trainable_parameters()
@@ -115,11 +115,12 @@ def _state_of(opt: optim.Optimizer, name: str) -> dict:
     return state
 
 
-def apply_update(sae, opt: optim.Optimizer, grads: dict, lr: mx.array, dec_key: str, clip: float | None) -> mx.array:
+def apply_update(sae, opt: optim.Optimizer, grads: dict, lr: mx.array, dec_key: str | None,
+                 clip: float | None) -> mx.array:
     """Project, clip and apply `grads` at learning rate `lr`, renormalize the decoder rows;
     returns the unclipped gradient norm.
 
-    `dec_key` names the decoder parameter whose rows are kept at unit norm. When the optimizer
+    `dec_key` names the decoder parameter whose rows are kept at unit norm (None: none). When the optimizer
     carries schedule-free state (`init_schedule_free`), the step moves z, x averages z with weights
     lr^2 (warmup steps count less), and the SAE is set to y = (1 - b) z + b x.
     """

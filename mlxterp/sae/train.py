@@ -66,7 +66,7 @@ class SAETrainer:
             raise SAEError("resample_dead_every resamples an SAE's latents from its inputs; a transcoder's "
                            "dead latents are revived by AuxK: set resample_dead_every=None")
         self.k_aux = config.resolved_k_aux(sae.d_model)
-        self._dec_key = "W_enc" if sae.tied_weights else "W_dec"  # the rows kept at unit norm
+        self._dec_key = None if sae.transcode else ("W_enc" if sae.tied_weights else "W_dec")  # unit-norm rows
         self.prefixes = None
         if config.architecture == "matryoshka_batchtopk":
             self.prefixes = resolve_prefixes(config.matryoshka_prefixes, sae.d_hidden, config.k)
