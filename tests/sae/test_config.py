@@ -25,8 +25,10 @@ def test_defaults_and_derived_values():
     assert (cfg.architecture, cfg.batch_size, cfg.drop_first_tokens, cfg.auxk_coefficient) == ("topk", 4096, 1, 1 / 32)
     assert cfg.max_norm_ratio == 10.0
     assert (cfg.optimizer, cfg.lr_schedule) == ("adam", "constant")
-    assert cfg.resolved_learning_rate(2**14) == pytest.approx(2e-4)
-    assert cfg.resolved_learning_rate(2**16) == pytest.approx(1e-4)
+    assert cfg.warmup_steps == 0
+    assert cfg.resolved_learning_rate(2**14) == pytest.approx(2.25e-3)
+    assert cfg.resolved_learning_rate(9216) == pytest.approx(3e-3)  # SmolLM2's 16x SAE (docs/sae.md)
+    assert cfg.resolved_learning_rate(2**16) == pytest.approx(1.125e-3)
     assert SAEConfig(learning_rate=3e-4).resolved_learning_rate(2**16) == 3e-4
     assert cfg.resolved_k_aux(576) == 288
     assert SAEConfig(expansion_factor=1, k=1).resolved_k_aux(8) == 4

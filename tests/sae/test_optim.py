@@ -79,7 +79,7 @@ def test_schedule_free_training_ends_on_the_average_and_validates_it(optimizer):
 def test_signum_uses_its_own_lr_rule_and_bad_optimizer_is_refused():
     assert SAEConfig(optimizer="signum").resolved_learning_rate(2**14) == pytest.approx(5e-3)
     assert SAEConfig(optimizer="signum").resolved_learning_rate(2**16) == pytest.approx(2.5e-3)
-    assert SAEConfig(optimizer="adam").resolved_learning_rate(2**14) == pytest.approx(2e-4)
+    assert SAEConfig(optimizer="adam").resolved_learning_rate(2**14) == pytest.approx(2.25e-3)
     with pytest.raises(SAEError, match="optimizer='sgd' is not supported: use one of 'adam', 'signum'"):
         SAEConfig(optimizer="sgd")
     with pytest.raises(ValueError, match="lr_schedule"):
