@@ -5,12 +5,16 @@ Texts are packed into contexts (`pack_texts`); only the positions that count are
 `max_token_norm` set, tokens whose activation norm exceeds it are dropped too (the norm limit).
 Tokens from many documents are mixed in a shuffle buffer, so memory stays bounded by the buffer
 whatever the dataset size. With `cache_dir`, the first pass writes safetensors shards and later
-epochs (or another SAE on the same hook point) read them instead of running the model.
+epochs (or another SAE on the same hook point) read them instead of running the model. Each shard
+also holds every row's provenance, "positions" (n, 2) int32 = (index into `packed`, position in
+that context), so that a scan can encode the cached rows and still show their tokens
+(`cached_rows`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import random
@@ -34,7 +38,7 @@ if TYPE_CHECKING:
     from ..model import InterpretableModel
 
 CACHE_FORMAT = "mlxterp.activation_cache"
-CACHE_VERSION = 3  # 3: the manifest names the model's fingerprint
+CACHE_VERSION = 4  # 3: the manifest names the model's fingerprint; 4: shards hold "positions"
 
 
 class ActivationStore:
@@ -76,8 +80,9 @@ class ActivationStore:
         self.settings = contexts
         self.seed = seed
         self.contexts_per_forward = contexts_per_forward
-        packed = pack_texts(model, texts, contexts)
-        self.contexts, self.keep = packed.tokens, packed.keep
+        self.packed = pack_texts(model, texts, contexts)
+        self.contexts, self.keep = self.packed.tokens, self.packed.keep
+        packed = self.packed
         self.max_tokens = max_tokens
         self.n_tokens = packed.n_tokens if max_tokens is None else min(packed.n_tokens, max_tokens)
         self.shuffle_buffer_tokens = shuffle_buffer_tokens
@@ -114,6 +119,10 @@ class ActivationStore:
     # -- producing activations ------------------------------------------------------------
     def _model_chunks(self, order: np.ndarray) -> Iterator[np.ndarray]:
         """(n_kept, d_model) float32 activations of contexts in `order`, a forward at a time."""
+        return (chunk for chunk, _ in self._model_rows(order))
+
+    def _model_rows(self, order: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """`_model_chunks` with each row's (context, position), int32 (n_kept, 2), beside it."""
         step = self.contexts_per_forward
         produced = 0
         bar = tqdm(total=self.n_tokens, desc=f"activations ({self.name})", unit="tok",
@@ -124,19 +133,38 @@ class ActivationStore:
                 saved = [getattr(self.model.module(h.path), h.port).save() for h in self.hooks]
             values = mx.concatenate([s.value.astype(mx.float32) for s in saved], axis=-1)
             chunk = np.asarray(values)[self.keep[rows]]
+            context, position = np.nonzero(self.keep[rows])
+            positions = np.stack([rows[context], position], axis=1).astype(np.int32)
             if not np.isfinite(chunk).all():
                 raise DataError(
                     f"the model produced NaN/inf activations at {', '.join(h.path for h in self.hooks)}: "
                     "check the model's weights and dtype (compute in float32 on CPU)"
                 )
             if self.max_tokens is not None:
-                chunk = chunk[: self.max_tokens - produced]
+                chunk, positions = chunk[: self.max_tokens - produced], positions[: self.max_tokens - produced]
             produced += len(chunk)
             bar.update(len(chunk))
-            yield chunk
+            yield chunk, positions
             if produced >= self.n_tokens:
                 break
         bar.close()
+
+    def _order(self, rng: random.Random) -> np.ndarray:
+        """The contexts' indices in a random order drawn from `rng`."""
+        order = np.arange(len(self.contexts))
+        rng.shuffle(order)
+        return order
+
+    def cached_rows(self) -> Iterator[tuple[np.ndarray, np.ndarray]] | None:
+        """The cache's rows in the order they were captured, as (activations (n, d_model) float32,
+        positions (n, 2) int32) chunks: row i is the activation at `packed` context positions[i, 0],
+        position positions[i, 1]; a context's rows are contiguous. None when there is no complete
+        cache of this store's version to read (the model has to run)."""
+        if not self._cache_complete():
+            return None
+        shards = json.loads((self.cache_dir / "manifest.json").read_text())["shards"]
+        return ((part["activations"], part["positions"])
+                for part in (load_file(str(self.cache_dir / shard)) for shard in shards))
 
     def _cached_chunks(self, rng: random.Random) -> Iterator[np.ndarray]:
         manifest = json.loads((self.cache_dir / "manifest.json").read_text())
@@ -162,11 +190,16 @@ class ActivationStore:
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         (self.cache_dir / "manifest.json").unlink(missing_ok=True)  # its shards are about to be replaced
         shards = []
-        chunks = rebatch(self._model_chunks(order), self.shuffle_buffer_tokens // 4, drop_last=False)
-        for i, chunk in enumerate(chunks):
+        # The same cut of both streams: tee holds at most one shard of rows between them.
+        acts, where = itertools.tee(self._model_rows(order))
+        size = self.shuffle_buffer_tokens // 4
+        cut = zip(rebatch((a for a, _ in acts), size, drop_last=False),
+                  rebatch((p for _, p in where), size, drop_last=False))
+        for i, (chunk, positions) in enumerate(cut):
             name = f"shard-{i:05d}.safetensors"
             with atomic_path(self.cache_dir / name) as tmp:
-                save_file({"activations": np.ascontiguousarray(chunk)}, str(tmp))
+                save_file({"activations": np.ascontiguousarray(chunk),
+                           "positions": np.ascontiguousarray(positions)}, str(tmp))
             shards.append(name)
             yield chunk
         manifest = {"format": CACHE_FORMAT, "version": CACHE_VERSION, **self._identity(),
@@ -180,8 +213,7 @@ class ActivationStore:
         if self._cache_complete():
             source = self._cached_chunks(rng)
         else:
-            order = np.arange(len(self.contexts))
-            rng.shuffle(order)
+            order = self._order(rng)
             source = self._chunks_writing_cache(order) if self.cache_dir is not None else self._model_chunks(order)
         if self.max_token_norm is None:
             return source
@@ -206,18 +238,21 @@ class ActivationStore:
             if len(batch) == batch_size or (not drop_last and len(batch)):
                 yield mx.array(batch)
 
+    def fill_cache(self) -> None:
+        """Capture the first epoch's contexts into the cache now, unless it is complete (without
+        `cache_dir`: nothing to do); then `sample` and every epoch read the cache and the model
+        runs over each token once, not once more for the sample."""
+        if self.cache_dir is not None and not self._cache_complete():
+            for _ in self._chunks_writing_cache(self._order(random.Random(self.seed + self._epoch))):
+                pass
+
     def sample(self, n_tokens: int) -> mx.array:
         """Up to `n_tokens` activations (for normalization statistics and decoder-bias init).
 
         The sample ignores `max_token_norm`, so that `norm_limit` can be set from it.
         """
         rng = random.Random(self.seed - 1)
-        if self._cache_complete():
-            source = self._cached_chunks(rng)
-        else:
-            order = np.arange(len(self.contexts))
-            rng.shuffle(order)
-            source = self._model_chunks(order)
+        source = self._cached_chunks(rng) if self._cache_complete() else self._model_chunks(self._order(rng))
         parts, have = [], 0
         for chunk in source:
             parts.append(chunk)
