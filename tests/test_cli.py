@@ -75,7 +75,8 @@ def test_run_trains_evaluates_and_writes_a_dashboard(tiny, corpus, tmp_path, mon
     assert cli.main(["run", "--dataset", str(corpus), "--layer", "2", "--component", "output", "--out", str(out),
                      "--eval-tokens", "400", "--dashboard-tokens", "300", "--max-tokens", "3000", *SMALL]) == 0
     assert forwards["all"] > 0 and forwards["dashboard"] == 0  # the dashboard reads the training cache
-    data = json.loads((out / "dashboard" / "data.js").read_text().strip()[len("window.MLXTERP_DASHBOARD = "):].rstrip(";"))
+    script = (out / "dashboard" / "data.js").read_text().strip()
+    data = json.loads(script[len("window.MLXTERP_DASHBOARD = "):].rstrip(";"))
     assert data["n_tokens"] == 300 and any(f["top_examples"] for f in data["features"])
     sae = load_sae(out / "sae.mlx", model=tiny)
     assert sae.hook_point == tiny.hook_point(2, "output")

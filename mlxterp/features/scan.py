@@ -91,8 +91,9 @@ def scan(
     if isinstance(dataset, ActivationStore):
         _check_store(dataset, model, point, settings)
         cached = dataset.cached_rows()
-        rows = (_CachedRows(dataset.packed, cached, n_tokens, contexts_per_forward) if cached is not None
-                else _ModelRows(model, point, dataset.packed.first_tokens(n_tokens), contexts_per_forward))
+        total = dataset.n_tokens if n_tokens is None else min(n_tokens, dataset.n_tokens)
+        rows = (_CachedRows(dataset.packed, cached, total, contexts_per_forward) if cached is not None
+                else _ModelRows(model, point, dataset.packed.first_tokens(total), contexts_per_forward))
     elif isinstance(dataset, Contexts):
         if dataset.length != settings.context_length:
             raise DataError(f"the contexts passed hold {dataset.length} tokens each, but the scan's context "
@@ -137,9 +138,10 @@ class _ModelRows:
     def __iter__(self) -> Iterator[tuple[int, mx.array, np.ndarray]]:
         """(index of the first context, activations (n, d), keep (n,)) per forward."""
         for start in range(0, len(self.packed), self.size):
-            with self.model.trace(mx.array(self.packed.tokens[start : start + self.size]), default_capture=False):
+            part = slice(start, start + self.size)
+            with self.model.trace(mx.array(self.packed.tokens[part]), default_capture=False):
                 saved = getattr(self.model.module(self.point.path), self.point.port).save()
-            yield start, saved.value.reshape(-1, saved.value.shape[-1]), self.packed.keep[start : start + self.size].ravel()
+            yield start, saved.value.reshape(-1, saved.value.shape[-1]), self.packed.keep[part].ravel()
 
     def contexts(self) -> Contexts:
         return self.packed
@@ -149,9 +151,8 @@ class _CachedRows:
     """Rows of a store's cache, `size` whole contexts at a time, in cache order; the contexts
     are renumbered in the order they come (`contexts()`), keeping only the positions read."""
 
-    def __init__(self, packed: Contexts, cached, n_tokens: int | None, size: int):
-        self.packed, self.cached, self.size = packed, cached, size
-        self.total = packed.n_tokens if n_tokens is None else min(n_tokens, packed.n_tokens)
+    def __init__(self, packed: Contexts, cached, total: int, size: int):
+        self.packed, self.cached, self.size, self.total = packed, cached, size, total
         self.order: list[int] = []  # packed index of each scanned context
         self.seen: set[int] = set()
         self.keep = np.zeros(packed.keep.shape, dtype=bool)  # the positions read, by packed index
