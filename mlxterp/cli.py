@@ -13,7 +13,7 @@ from .errors import DataError, MlxterpError
 from .features import collect_dashboard_data, evaluate_sae
 from .io_utils import atomic_write_text
 from .model import InterpretableModel
-from .pipeline import DEFAULT_COMPONENT
+from .pipeline import DEFAULT_COMPONENT, training_store
 from .platform import use_fast_blas
 from .sae import SAEConfig
 from .sae.config import ARCHITECTURES
@@ -66,6 +66,10 @@ def _add_training_args(parser: argparse.ArgumentParser, max_tokens: int | None =
     parser.add_argument("--wandb-project")
 
 
+def _cache_dir(args, out: Path) -> Path:
+    return Path(args.cache_dir) if args.cache_dir else out.parent / "activation_cache"
+
+
 def _train(args, out: Path, texts: list[str]):
     model = _load_model(args.model)
     layer = args.layer if args.layer is not None else model.n_layers // 2
@@ -75,7 +79,7 @@ def _train(args, out: Path, texts: list[str]):
         component=args.component,
         config=_config(args),
         save_path=out,
-        cache_dir=args.cache_dir or out.parent / "activation_cache",
+        cache_dir=_cache_dir(args, out),
         max_tokens=args.max_tokens,
     )
     return model, sae
@@ -119,8 +123,8 @@ def cmd_analyze(args) -> None:
     print(sae.analyze_text(model, args.prompt, top_k=args.top_k))
 
 
-def _dashboard(model, sae, texts, out_dir: Path, n_tokens: int, serve: bool, port: int) -> Path:
-    data = collect_dashboard_data(sae, model, texts, n_tokens=n_tokens)
+def _dashboard(model, sae, dataset, out_dir: Path, n_tokens: int, serve: bool, port: int) -> Path:
+    data = collect_dashboard_data(sae, model, dataset, n_tokens=n_tokens, progress=True)
     index = write_dashboard(data, out_dir)
     print(f"dashboard written to {index}")
     if serve:
@@ -162,7 +166,10 @@ def cmd_run(args) -> None:
     metrics = evaluate_sae(sae, model, eval_texts, n_tokens=args.eval_tokens, progress=True)
     atomic_write_text(out / "eval.json", json.dumps(metrics, indent=2))
     print(json.dumps(metrics, indent=2))
-    _dashboard(model, sae, texts, out / "dashboard", args.dashboard_tokens, args.serve, args.port)
+    # The dashboard's examples come from the training activations already cached: no forward.
+    store = training_store(model, sae.hook_point, train_texts, _config(args), _cache_dir(args, out / "sae.mlx"),
+                           args.max_tokens, progress=False)
+    _dashboard(model, sae, store, out / "dashboard", args.dashboard_tokens, args.serve, args.port)
 
 
 def _scan_command(sub, name: str, help: str) -> argparse.ArgumentParser:
@@ -182,12 +189,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="train an SAE, evaluate it and write a dashboard (the main job)")
     # The default job (SmolLM2, bundled corpus) must finish in 15 minutes on two CPU cores: the
-    # model forward dominates, so it captures 200k tokens once and trains 5 epochs on the cache.
+    # model forward dominates, so it captures 200k tokens once, trains 5 epochs on the cache and
+    # builds the dashboard from that cache.
     _add_training_args(run, max_tokens=200_000, epochs=5)
     run.add_argument("--out", default="runs/default", help="output folder (default runs/default)")
     run.add_argument("--eval-dataset", help="text to evaluate on (default: 10%% of --dataset's documents, held out from training)")
     run.add_argument("--eval-tokens", type=int, default=20_000)
-    run.add_argument("--dashboard-tokens", type=int, default=50_000)
+    run.add_argument("--dashboard-tokens", type=int, default=50_000,
+                     help="cached training tokens the dashboard scans for examples (default 50000)")
     run.add_argument("--serve", action="store_true", help="serve the dashboard on localhost afterwards")
     run.add_argument("--port", type=int, default=8000)
     run.set_defaults(func=cmd_run)

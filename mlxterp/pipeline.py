@@ -56,11 +56,9 @@ def train_sae_on_model(
     hook = model.hook_point(layer, component)
     texts = load_texts(dataset)
     train_texts, val_texts = split_documents(texts, config.validation_split, config.seed)
-    rank, ranks = distributed.group().rank(), distributed.group().size()
+    rank = distributed.group().rank()
     options = dict(cache_dir=cache_dir, seed=config.seed, progress=progress and rank == 0)
-    train = ActivationStore(model, document_share(train_texts, rank, ranks), hook, config.contexts,
-                            max_tokens=max_tokens and -(-max_tokens // ranks),
-                            name="train" if ranks == 1 else f"train-rank{rank}of{ranks}", **options)
+    train = training_store(model, hook, texts, config, cache_dir, max_tokens, progress)
     val = None
     if val_texts and rank == 0:
         try:
@@ -69,6 +67,7 @@ def train_sae_on_model(
         except DataError as error:
             warnings.warn(f"no validation metrics: the held-out documents are too small ({error}); "
                           "raise validation_split or add documents", stacklevel=2)
+    train.fill_cache()  # every rank captures now; the sample then reads the cache
     init_sample = np.asarray(train.sample(min(INIT_TOKENS, train.n_tokens))) if rank == 0 else None
     limit = distributed.broadcast_value(norm_limit(init_sample, config.max_norm_ratio) if rank == 0 else None)
     for store in (train, val):
@@ -94,6 +93,20 @@ def train_sae_on_model(
     )
     sae.attached_model = model
     return sae
+
+
+def training_store(model: "InterpretableModel", hook: HookPoint, dataset: Any, config: SAEConfig,
+                   cache_dir: str | os.PathLike | None = None, max_tokens: int | None = None,
+                   progress: bool = True) -> ActivationStore:
+    """The store `train_sae_on_model` trains on at `hook` over `dataset` with these arguments: this
+    rank's share of the training documents (the validation documents split off), cached under
+    `cache_dir`. After training, its cache holds the training activations (`cached_rows`)."""
+    train_texts, _ = split_documents(load_texts(dataset), config.validation_split, config.seed)
+    rank, ranks = distributed.group().rank(), distributed.group().size()
+    return ActivationStore(model, document_share(train_texts, rank, ranks), hook, config.contexts,
+                           max_tokens=max_tokens and -(-max_tokens // ranks), cache_dir=cache_dir,
+                           seed=config.seed, progress=progress and rank == 0,
+                           name="train" if ranks == 1 else f"train-rank{rank}of{ranks}")
 
 
 def train_saes_on_model(
@@ -145,6 +158,7 @@ def train_saes_on_model(
         except DataError as error:
             warnings.warn(f"no validation metrics: the held-out documents are too small ({error}); "
                           "raise validation_split or add documents", stacklevel=2)
+    train.fill_cache()
     sample = np.asarray(train.sample(min(max(config.batch_size, INIT_TOKENS // spread), train.n_tokens)))
     jobs, saes = [], {}
     for name, (read, write, skip) in targets.items():

@@ -53,10 +53,31 @@ def test_train_then_evaluate_then_dashboard(tiny, corpus, tmp_path, capsys):
     assert 0 < data["n_tokens"] <= 300 and len(data["features"]) == sae.d_hidden
 
 
-def test_run_trains_evaluates_and_writes_a_dashboard(tiny, corpus, tmp_path):
+def test_run_trains_evaluates_and_writes_a_dashboard(tiny, corpus, tmp_path, monkeypatch):
+    forwards = {"all": 0, "dashboard": 0}
+    trace, collect = tiny.trace, cli.collect_dashboard_data
+    phase = ["all"]
+
+    def counted(*args, **kwargs):
+        forwards[phase[0]] += 1
+        return trace(*args, **kwargs)
+
+    def dashboard(*args, **kwargs):
+        phase[0] = "dashboard"
+        try:
+            return collect(*args, **kwargs)
+        finally:
+            phase[0] = "all"
+
+    monkeypatch.setattr(tiny, "trace", counted)
+    monkeypatch.setattr(cli, "collect_dashboard_data", dashboard)
     out = tmp_path / "job"
     assert cli.main(["run", "--dataset", str(corpus), "--layer", "2", "--component", "output", "--out", str(out),
                      "--eval-tokens", "400", "--dashboard-tokens", "300", "--max-tokens", "3000", *SMALL]) == 0
+    assert forwards["all"] > 0 and forwards["dashboard"] == 0  # the dashboard reads the training cache
+    script = (out / "dashboard" / "data.js").read_text().strip()
+    data = json.loads(script[len("window.MLXTERP_DASHBOARD = "):].rstrip(";"))
+    assert data["n_tokens"] == 300 and any(f["top_examples"] for f in data["features"])
     sae = load_sae(out / "sae.mlx", model=tiny)
     assert sae.hook_point == tiny.hook_point(2, "output")
     metrics = json.loads((out / "eval.json").read_text())

@@ -78,6 +78,16 @@ class Contexts:
     def __len__(self) -> int:
         return self.tokens.shape[0]
 
+    def first_tokens(self, n_tokens: int | None) -> "Contexts":
+        """The contexts up to the one holding the `n_tokens`-th position that counts, with no
+        position after that one counting (None: all of them)."""
+        if n_tokens is None:
+            return self
+        keep = self.keep & (np.cumsum(self.keep.ravel()).reshape(self.keep.shape) <= n_tokens)
+        used = keep.any(axis=1).nonzero()[0]
+        last = used[-1] + 1 if used.size else 0
+        return Contexts(self.tokens[:last], self.docs[:last], keep[:last], self.texts)
+
 
 def special_token_ids(tokenizer) -> set[int]:
     """Ids of BOS/EOS/pad and every other special token the tokenizer declares."""
@@ -130,15 +140,11 @@ def pack_texts(model, texts: Sequence[str], settings: ContextSettings, n_tokens:
     special = special_token_ids(model.tokenizer) if settings.drop_special_tokens else set()
     keep = keep_mask(tokens, drop_first, special)
     keep.reshape(-1)[total:] = False
-    if n_tokens is not None:
-        keep &= np.cumsum(keep.ravel()).reshape(keep.shape) <= n_tokens
-        used = keep.any(axis=1).nonzero()[0]
-        last = used[-1] + 1 if used.size else 0
-        tokens, doc_ids, keep = tokens[:last], doc_ids[:last], keep[:last]
-    if not keep.any():
+    packed = Contexts(tokens, doc_ids, keep, list(texts)).first_tokens(n_tokens)
+    if not packed.keep.any():
         raise DataError(
             f"the dataset has no usable token ({total} tokens in all): every token is special, "
             f"padding, or among the first {drop_first} of its context. Pass more (or longer) texts, "
             "or lower drop_first_tokens"
         )
-    return Contexts(tokens, doc_ids, keep, list(texts))
+    return packed

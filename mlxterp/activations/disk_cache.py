@@ -1,7 +1,7 @@
 """The activation cache on disk: safetensors shards and the manifest that records them.
 
 A shard is one safetensors file of arrays with one row per token ("activations", (rows, width)
-float32). The manifest (manifest.json, always written atomically, after the shard it names)
+float32, and "positions", (rows, 2) int32: the row's context and position). The manifest (manifest.json, always written atomically, after the shard it names)
 says which activations the cache holds, which shards are complete and how far the capture got,
 so an interrupted capture resumes from its last complete shard. Shards are read a block of rows
 at a time through `safe_open`, which maps the file and copies out only the rows asked for, so
@@ -26,7 +26,7 @@ from ..errors import DataError
 from ..io_utils import atomic_path, atomic_write_text
 
 CACHE_FORMAT = "mlxterp.activation_cache"
-CACHE_VERSION = 4  # 3: the manifest names the model's fingerprint; 4: progress, rows per shard
+CACHE_VERSION = 5  # 3: the manifest names the model's fingerprint; 4: progress, rows per shard; 5: "positions"
 MANIFEST = "manifest.json"
 # What a write fails with when the disk (or the user's quota, or the file size limit) is full.
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)

@@ -7,7 +7,9 @@ Tokens from many documents are mixed in a bounded shuffle buffer (`shuffle`). Wi
 the first pass writes safetensors shards (`disk_cache`; a capture interrupted resumes from its last
 complete shard) and later epochs (or another SAE on the same hook point) read them back a block of
 rows at a time, blocks of all shards in random order, instead of running the model: memory stays
-bounded by the buffer whatever the dataset size.
+bounded by the buffer whatever the dataset size. Each shard also holds every row's provenance,
+"positions" (n, 2) int32 = (index into `packed`, position in that context), so that a scan can
+encode the cached rows and still show their tokens (`cached_rows`).
 """
 
 from __future__ import annotations
@@ -75,7 +77,7 @@ class ActivationStore:
         self.settings = contexts
         self.seed = seed
         self.contexts_per_forward = contexts_per_forward
-        packed = pack_texts(model, texts, contexts)
+        self.packed = packed = pack_texts(model, texts, contexts)
         self.contexts, self.keep = packed.tokens, packed.keep
         self.max_tokens = max_tokens
         self.n_tokens = packed.n_tokens if max_tokens is None else min(packed.n_tokens, max_tokens)
@@ -115,6 +117,10 @@ class ActivationStore:
     def _model_chunks(self, order: np.ndarray, produced: int = 0) -> Iterator[np.ndarray]:
         """(n_kept, d_model) float32 activations of contexts in `order`, a forward at a time
         (`produced`: tokens of the epoch served before these, for `max_tokens` and the bar)."""
+        return (chunk for chunk, _ in self._model_rows(order, produced))
+
+    def _model_rows(self, order: np.ndarray, produced: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """`_model_chunks` with each row's (context, position), int32 (n_kept, 2), beside it."""
         step = self.contexts_per_forward
         bar = tqdm(total=self.n_tokens, initial=produced, desc=f"activations ({self.name})", unit="tok",
                    disable=not self.progress, leave=False)
@@ -124,16 +130,18 @@ class ActivationStore:
                 saved = [getattr(self.model.module(h.path), h.port).save() for h in self.hooks]
             values = mx.concatenate([s.value.astype(mx.float32) for s in saved], axis=-1)
             chunk = np.asarray(values)[self.keep[rows]]
+            context, position = np.nonzero(self.keep[rows])
+            positions = np.stack([rows[context], position], axis=1).astype(np.int32)
             if not np.isfinite(chunk).all():
                 raise DataError(
                     f"the model produced NaN/inf activations at {', '.join(h.path for h in self.hooks)}: "
                     "check the model's weights and dtype (compute in float32 on CPU)"
                 )
             if self.max_tokens is not None:
-                chunk = chunk[: self.max_tokens - produced]
+                chunk, positions = chunk[: self.max_tokens - produced], positions[: self.max_tokens - produced]
             produced += len(chunk)
             bar.update(len(chunk))
-            yield chunk
+            yield chunk, positions
             if produced >= self.n_tokens:
                 break
         bar.close()
@@ -151,6 +159,17 @@ class ActivationStore:
         if manifest is not None:
             check_cache_identity(manifest, self._identity(), self.cache_dir)
         return manifest
+
+    def cached_rows(self) -> Iterator[tuple[np.ndarray, np.ndarray]] | None:
+        """The cache's rows in the order they were captured, as (activations (n, d_model) float32,
+        positions (n, 2) int32) chunks: row i is the activation at `packed` context positions[i, 0],
+        position positions[i, 1]; a context's rows are contiguous. None when there is no complete
+        cache of this store's version to read (the model has to run)."""
+        if not self._cache_complete():
+            return None
+        manifest = self._manifest()
+        return ((disk_cache.read_rows(self.cache_dir / name), disk_cache.read_rows(self.cache_dir / name, tensor="positions"))
+                for name in manifest["shards"])
 
     def _cache_complete(self) -> bool:
         manifest = self._manifest()
@@ -189,11 +208,11 @@ class ActivationStore:
         if manifest["complete"]:
             return
         order, done = self._capture_order(), manifest["contexts_done"]
-        pending: list[np.ndarray] = []
-        forwards = self._model_chunks(order[done:], produced=manifest["rows"])
-        for i, chunk in enumerate(forwards, start=1):
-            pending.append(chunk)
-            if sum(map(len, pending)) >= self.shard_rows:
+        pending: list[tuple[np.ndarray, np.ndarray]] = []
+        forwards = self._model_rows(order[done:], produced=manifest["rows"])
+        for i, rows in enumerate(forwards, start=1):
+            pending.append(rows)
+            if sum(len(chunk) for chunk, _ in pending) >= self.shard_rows:
                 yield self._write_shard(manifest, pending, min(done + i * self.contexts_per_forward, len(order)))
                 pending = []
         if pending:
@@ -201,11 +220,13 @@ class ActivationStore:
         manifest["complete"] = True
         disk_cache.write_manifest(self.cache_dir, manifest)
 
-    def _write_shard(self, manifest: dict, pending: list[np.ndarray], contexts_done: int) -> np.ndarray:
-        """Write the rows `pending` as the next shard, then record it (and the capture's progress)."""
-        rows = np.concatenate(pending)
+    def _write_shard(self, manifest: dict, pending: list[tuple[np.ndarray, np.ndarray]], contexts_done: int) -> np.ndarray:
+        """Write the (activations, positions) `pending` as the next shard, then record it (and the
+        capture's progress); returns the activations."""
+        rows, positions = (np.concatenate(part) for part in zip(*pending))
         rows_to_go = self.n_tokens - manifest["rows"] - len(rows)
-        manifest["shards"].append(disk_cache.write_shard(self.cache_dir, manifest, {"activations": rows}, rows_to_go))
+        tensors = {"activations": rows, "positions": positions}
+        manifest["shards"].append(disk_cache.write_shard(self.cache_dir, manifest, tensors, rows_to_go))
         manifest["shard_rows"].append(len(rows))
         manifest["rows"] += len(rows)
         manifest["contexts_done"] = contexts_done
@@ -245,6 +266,14 @@ class ActivationStore:
         rng = np.random.default_rng([self.seed % 2**32, epoch, 0])
         batches = shuffled_batches(self.chunks(epoch), batch_size, self.shuffle_buffer_tokens, rng, drop_last)
         return (mx.array(batch) for batch in batches)
+
+    def fill_cache(self) -> None:
+        """Capture the first epoch's contexts into the cache now, unless it is complete (without
+        `cache_dir`: nothing to do); then `sample` and every epoch read the cache and the model
+        runs over each token once."""
+        if self.cache_dir is not None and not self._cache_complete():
+            for _ in self._captured():
+                pass
 
     def sample(self, n_tokens: int) -> mx.array:
         """The first `n_tokens` activations of the cache order (for normalization statistics and

@@ -276,7 +276,7 @@ def top_activating_examples(
 
     Args:
         model: None uses `sae.attached_model`.
-        dataset: anything `mlxterp.data.load_texts` reads (None: the bundled corpus).
+        dataset: what `scan` reads (texts, None for the bundled corpus, an `ActivationStore`, `Contexts`).
         n_tokens: scan at most this many token positions (None: the whole dataset).
         contexts: how texts become contexts (None: as the SAE was trained); see `scan`.
         window: (tokens before, tokens after) the peak kept in each example.

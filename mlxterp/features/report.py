@@ -48,7 +48,8 @@ def collect_dashboard_data(
     """The dashboard data dict (docs/architecture.md, "Feature records") of an SAE on `dataset`.
 
     Args:
-        dataset: anything `mlxterp.data.load_texts` reads (None: the bundled corpus).
+        dataset: what `scan` reads: texts (anything `mlxterp.data.load_texts` reads; None: the bundled
+            corpus), an `ActivationStore` whose cache to encode instead of running the model, or `Contexts`.
         n_features: records for this many features, drawn at random (`seed`) among those that
             fired; None with no `feature_indices`: every feature.
         feature_indices: records for exactly these features (overrides `n_features`).

@@ -121,3 +121,35 @@ def test_max_token_norm_drops_exactly_the_larger_tokens(model, tmp_path):
     assert len(served) == int((np.linalg.norm(every, axis=1) <= limit).sum()) < len(every)
     assert np.linalg.norm(served, axis=1).max() <= limit
     assert len(np.asarray(store.sample(10_000))) == len(every)  # the sample ignores the limit
+
+
+def test_cached_rows_name_the_context_and_position_of_each_activation(model, tmp_path):
+    store = ActivationStore(model, TEXTS, *where(model), cache_dir=tmp_path, progress=False,
+                            shuffle_buffer_tokens=256)
+    assert store.cached_rows() is None  # nothing captured yet
+    list(store.batches(64))
+    parts = list(store.cached_rows())
+    assert len(parts) > 2  # several shards: contexts are cut across them
+    acts = np.concatenate([a for a, _ in parts])
+    positions = np.concatenate([p for _, p in parts])
+    assert positions.dtype == np.int32 and positions.shape == (store.n_tokens, 2)
+    # every kept position exactly once, nothing else
+    np.testing.assert_array_equal(np.sort(positions[:, 0] * 32 + positions[:, 1]), np.flatnonzero(store.keep))
+    with model.trace(mx.array(store.contexts)) as trace:
+        pass
+    expected = np.array(trace.activations["model.layers.1.mlp"])[positions[:, 0], positions[:, 1]]
+    np.testing.assert_allclose(acts, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_fill_cache_runs_the_model_once_over_each_context(model, tmp_path, monkeypatch):
+    store = ActivationStore(model, TEXTS, *where(model), cache_dir=tmp_path, progress=False)
+    calls = []
+    trace = model.trace
+    monkeypatch.setattr(model, "trace", lambda tokens, **k: calls.append(tokens.shape[0]) or trace(tokens, **k))
+    store.fill_cache()
+    sample = np.asarray(store.sample(100))
+    epochs = [np.concatenate([np.array(b) for b in store.batches(64)]) for _ in range(2)]
+    assert sum(calls) == len(store.contexts)  # the sample and both epochs read the cache
+    assert len(sample) == 100 and all(len(e) == store.n_tokens for e in epochs)
+    store.fill_cache()
+    assert sum(calls) == len(store.contexts)
