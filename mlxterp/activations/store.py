@@ -205,6 +205,11 @@ class ActivationStore:
         shard written and recorded in the manifest before it is served."""
         manifest = self._resumable()
         yield from disk_cache.shards(self.cache_dir, manifest)
+        yield from self._capture_rest(manifest)
+
+    def _capture_rest(self, manifest: dict) -> Iterator[np.ndarray]:
+        """Run the model over the contexts `manifest` has not captured yet (none once complete),
+        writing and recording each shard before serving it."""
         if manifest["complete"]:
             return
         order, done = self._capture_order(), manifest["contexts_done"]
@@ -272,7 +277,7 @@ class ActivationStore:
         `cache_dir`: nothing to do); then `sample` and every epoch read the cache and the model
         runs over each token once."""
         if self.cache_dir is not None and not self._cache_complete():
-            for _ in self._captured():
+            for _ in self._capture_rest(self._resumable()):  # shards already on disk are not read
                 pass
 
     def sample(self, n_tokens: int) -> mx.array:
