@@ -57,31 +57,44 @@ def n_heads(module: nn.Module) -> int:
     raise TraceError(f"cannot tell how many heads {type(module).__name__} has")
 
 
-def explicit_attention(queries, keys, values, scale: float, mask, capture: Capture,
-                       softcap: float | None = None) -> mx.array:
+def _precise_softmax(scores: mx.array) -> mx.array:
+    return mx.softmax(scores, axis=-1, precise=True)
+
+
+def explicit_attention(queries, keys, values, scale: float, mask, capture: Capture | None = None,
+                       softcap: float | None = None, softmax=_precise_softmax) -> mx.array:
     """softmax(q k^T * scale + mask) @ v for q (B, H, L, D) and k, v (B, H_kv, S, D) -> (B, H, L, D).
 
     `capture(kind, array)` sees (and may replace) "queries", "keys", "pattern" (B, H, L, S) and
     "heads" (B, L, H, D). `mask` is what mlx-lm passes: None, "causal", a boolean array (True =
     attend) or an additive one; "causal" aligns the queries with the last keys (as the fused kernel).
+    `softmax` is taken over the last axis (`fast_forward` passes numpy's).
     """
+    if capture is None:
+        capture = _unchanged
     queries, keys = capture("queries", queries), capture("keys", keys)
-    repeats = queries.shape[1] // keys.shape[1]
-    if repeats > 1:
-        keys, values = mx.repeat(keys, repeats, axis=1), mx.repeat(values, repeats, axis=1)
-    scores = (queries * scale) @ keys.swapaxes(-1, -2)
+    batch, n_heads, length, dim = queries.shape
+    n_kv = keys.shape[1]
+    # Query head h reads KV head h // (n_heads / n_kv): group the queries instead of repeating the keys.
+    grouped = (queries * scale).reshape(batch, n_kv, -1, dim)
+    scores = (grouped @ keys.swapaxes(-1, -2)).reshape(batch, n_heads, length, -1)
     if softcap:
         scores = mx.tanh(scores / softcap) * softcap
     if isinstance(mask, str):
-        length, total = scores.shape[-2:]
+        total = scores.shape[-1]
         mask = mx.arange(total - length, total)[:, None] >= mx.arange(total)[None]
     if mask is not None and mask.dtype == mx.bool_:
         scores = mx.where(mask, scores, mx.array(mx.finfo(scores.dtype).min, scores.dtype))
     elif mask is not None:
         scores = scores + mask
-    pattern = capture("pattern", mx.softmax(scores, axis=-1, precise=True))
-    heads = capture("heads", (pattern @ values).transpose(0, 2, 1, 3))
+    pattern = capture("pattern", softmax(scores))
+    heads = pattern.reshape(batch, n_kv, -1, pattern.shape[-1]) @ values
+    heads = capture("heads", heads.reshape(batch, n_heads, length, -1).transpose(0, 2, 1, 3))
     return heads.transpose(0, 2, 1, 3)
+
+
+def _unchanged(kind: str, value: mx.array) -> mx.array:
+    return value
 
 
 def recompute_attention(module: nn.Module, args: tuple, kwargs: dict, capture: Capture, kinds: set[str]):

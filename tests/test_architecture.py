@@ -15,7 +15,7 @@ STAGES = [
     {"errors", "io_utils", "platform", "batching", "distributed"},
     {"hookpoint", "loading"},
     {"anatomy"},
-    {"attention", "tracing", "envoy", "generation", "patching", "gradients", "attribution",
+    {"attention", "fast_forward", "tracing", "envoy", "generation", "patching", "gradients", "attribution",
      "heads", "lens"},
     {"data", "activations"},
     {"sae"},

@@ -26,6 +26,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import DataError
+from ..fast_forward import numpy_exp_forward
 from ..hookpoint import HookPoint
 from . import disk_cache
 from .contexts import ContextSettings, pack_texts
@@ -126,7 +127,8 @@ class ActivationStore:
                    disable=not self.progress, leave=False)
         for start in range(0, len(order), step):
             rows = order[start : start + step]
-            with self.model.trace(mx.array(self.contexts[rows]), default_capture=False):
+            with numpy_exp_forward(self.model.model), self.model.trace(mx.array(self.contexts[rows]),
+                                                                       default_capture=False):
                 saved = [getattr(self.model.module(h.path), h.port).save() for h in self.hooks]
             values = mx.concatenate([s.value.astype(mx.float32) for s in saved], axis=-1)
             chunk = np.asarray(values)[self.keep[rows]]

@@ -16,6 +16,7 @@ import numpy as np
 from ..activations import ActivationStore, ContextSettings, within_limits
 from ..data import load_texts
 from ..errors import SAEError
+from ..fast_forward import exp, log_softmax, numpy_exp_forward
 from ..sae.checks import resolve_model, sae_hook_point
 from ..sae.metrics import evaluate_reconstruction
 from .interventions import position_mask, sae_edit_fn, splice_edit
@@ -26,18 +27,19 @@ if TYPE_CHECKING:
     from ..sae.model import SAE
 
 
-def _next_token_losses(logits: mx.array, tokens: mx.array) -> mx.array:
+def _next_token_log_probs(logits: mx.array) -> mx.array:
+    """(batch, seq-1, vocab) float32 log-probabilities of the next token at each position."""
+    return log_softmax(logits[:, :-1])
+
+
+def _next_token_losses(log_probs: mx.array, tokens: mx.array) -> mx.array:
     """(batch, seq-1) cross-entropy of each next token."""
-    logits = logits[:, :-1].astype(mx.float32)
-    log_z = mx.logsumexp(logits, axis=-1)
-    return log_z - mx.take_along_axis(logits, tokens[:, 1:, None], axis=-1)[..., 0]
+    return -mx.take_along_axis(log_probs, tokens[:, 1:, None], axis=-1)[..., 0]
 
 
-def _kl(clean: mx.array, other: mx.array) -> mx.array:
-    """(batch, seq) KL(clean || other) of next-token distributions."""
-    log_p = clean.astype(mx.float32) - mx.logsumexp(clean.astype(mx.float32), axis=-1, keepdims=True)
-    log_q = other.astype(mx.float32) - mx.logsumexp(other.astype(mx.float32), axis=-1, keepdims=True)
-    return mx.sum(mx.exp(log_p) * (log_p - log_q), axis=-1)
+def _kl(log_p: mx.array, log_q: mx.array) -> mx.array:
+    """(batch, seq) KL(p || q) of next-token distributions given as log-probabilities."""
+    return mx.sum(exp(log_p) * (log_p - log_q), axis=-1)
 
 
 def downstream_metrics(
@@ -64,15 +66,15 @@ def downstream_metrics(
     for start in range(0, len(contexts), contexts_per_forward):
         tokens = mx.array(contexts[start : start + contexts_per_forward])
         weight = mx.array(keep[start : start + contexts_per_forward, :-1].astype(np.float32))
-        logits = {}
+        log_probs = {}
         for name, edit in variants.items():
-            with model.trace(tokens, default_capture=False):
+            with numpy_exp_forward(model.model), model.trace(tokens, default_capture=False):
                 if edit is not None:
                     splice_edit(sae, model, edit, positions, f"evaluate ({name})", hook.layer)
                 saved = model.output.save()
-            logits[name] = saved.value
-            totals[name] += float(mx.sum(_next_token_losses(saved.value, tokens) * weight))
-        kl_total += float(mx.sum(_kl(logits["clean"][:, :-1], logits["sae"][:, :-1]) * weight))
+            log_probs[name] = _next_token_log_probs(saved.value)
+            totals[name] += float(mx.sum(_next_token_losses(log_probs[name], tokens) * weight))
+        kl_total += float(mx.sum(_kl(log_probs["clean"], log_probs["sae"]) * weight))
         count += float(mx.sum(weight))
     if count == 0:
         raise SAEError("no kept tokens to evaluate on: pass longer texts")

@@ -19,6 +19,7 @@ import numpy as np
 from ..activations import ActivationStore, ContextSettings, Contexts, pack_texts
 from ..data import load_texts
 from ..errors import DataError
+from ..fast_forward import numpy_exp_forward
 from ..sae.checks import check_features, sae_hook_point
 
 if TYPE_CHECKING:
@@ -139,7 +140,8 @@ class _ModelRows:
         """(index of the first context, activations (n, d), keep (n,)) per forward."""
         for start in range(0, len(self.packed), self.size):
             part = slice(start, start + self.size)
-            with self.model.trace(mx.array(self.packed.tokens[part]), default_capture=False):
+            with numpy_exp_forward(self.model.model), self.model.trace(mx.array(self.packed.tokens[part]),
+                                                                       default_capture=False):
                 saved = getattr(self.model.module(self.point.path), self.point.port).save()
             yield start, saved.value.reshape(-1, saved.value.shape[-1]), self.packed.keep[part].ravel()
 

@@ -9,16 +9,19 @@ from mlxterp.errors import DataError, SAEError
 from mlxterp.features import get_top_activating_texts, top_activating_examples
 from mlxterp.features.examples import TopPerFeature
 from mlxterp.features.scan import CodeBatch
+from mlxterp.fast_forward import numpy_exp_forward
 
 SCAN = dict(contexts=ContextSettings(context_length=32), contexts_per_forward=2, n_tokens=None)
 
 
 def all_codes(sae, model, contexts, batch_size):
-    """(n_contexts * length, d_hidden) codes of every scanned position (0 elsewhere), batched like the scan."""
+    """(n_contexts * length, d_hidden) codes of every scanned position (0 elsewhere), batched and
+    computed like the scan (whose forward runs inside `numpy_exp_forward`)."""
     path = model.hook_point(sae.metadata["layer"], sae.metadata["component"]).path
     parts = []
     for start in range(0, len(contexts.tokens), batch_size):
-        with model.trace(mx.array(contexts.tokens[start : start + batch_size]), default_capture=False):
+        with numpy_exp_forward(model.model), model.trace(mx.array(contexts.tokens[start : start + batch_size]),
+                                                        default_capture=False):
             saved = model.module(path).output.save()
         parts.append(np.array(sae.encode(saved.value.astype(mx.float32))).reshape(-1, sae.d_hidden))
     return np.concatenate(parts) * contexts.keep.reshape(-1, 1)
