@@ -1,4 +1,4 @@
-"""Forwards that are never differentiated (activation capture, evaluation), faster on x86 CPUs.
+"""Forwards that are never differentiated (capture, evaluation, the model scan), faster on x86 CPUs.
 
 MLX 0.32's x86 CPU build evaluates `exp` as scalar code: ~25 ns an element, against ~0.8 ns for
 numpy's SIMD `exp` on the same core. A SmolLM2 forward spends ~70% of its time in the two places
@@ -8,9 +8,10 @@ forward's time goes"). Inside `numpy_exp_forward(lm)` those two run through nump
 (projections, norms, RoPE) stays MLX. The results equal the fused forward's to float32 round-off
 (tests/test_fast_forward.py).
 
-Values that pass through numpy carry no gradient, so only code that never differentiates the forward
-enters it (the activation store's capture, evaluation). Elsewhere (a Mac, MLX's GPU backends,
-non-float32 models, `MLXTERP_NUMPY_EXP=0`) the context changes nothing.
+Values that pass through numpy carry no gradient, so only code that never differentiates the
+forward enters it (the activation store's capture, evaluation, the dashboard's model scan).
+Elsewhere (a Mac, MLX's GPU backends, non-float32 models, `MLXTERP_NUMPY_EXP=0`) the context
+changes nothing.
 """
 
 from __future__ import annotations
